@@ -1,0 +1,4 @@
+"""coca_jax: CoCa (Contrastive Captioners) in JAX/Flax."""
+from coca_jax.model import CoCa, ModelConfig, create_model
+
+__all__ = ["CoCa", "ModelConfig", "create_model"]

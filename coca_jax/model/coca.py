@@ -1,0 +1,112 @@
+"""CoCa: the image encoder, poolers, unimodal text decoder and multimodal decoder, assembled."""
+import math
+from typing import Any, Dict
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from coca_jax.model import partitioning as P
+from coca_jax.model.blocks import compute_dtype
+from coca_jax.model.config import ModelConfig, from_dict
+from coca_jax.model.multimodal import MultimodalDecoder
+from coca_jax.model.pooler import ImagePooling
+from coca_jax.model.text import UnimodalTextDecoder
+from coca_jax.model.vit import VisionTransformer
+
+
+def l2_normalize(x, eps=1e-12):
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class CoCa(nn.Module):
+  """Contrastive Captioner.
+
+  Images are float (B, H, W, 3), already normalised; text is int (B, L) token ids, L at most
+  `text.context_length`, right-padded with `text.pad_id`.
+  """
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  def setup(self):
+    cfg = self.cfg
+    self.token_embedding = nn.Embed(
+        cfg.text.vocab_size, cfg.text.width, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
+        embedding_init=P.param_init(nn.initializers.normal(0.02), ("vocab", "embed")))
+    self.visual = VisionTransformer(cfg, self.deterministic)
+    self.pooling = ImagePooling(cfg)
+    self.text = UnimodalTextDecoder(cfg, self.token_embedding, self.deterministic)
+    self.decoder = MultimodalDecoder(
+        cfg, self.token_embedding if cfg.decoder.tie_embeddings else None, self.deterministic)
+    self.logit_scale = self.param(
+        "logit_scale", P.param_init(nn.initializers.constant(cfg.logit_scale_init), ()),
+        (), jnp.float32)
+
+  # --- input checks: plain Python on static shapes, so they also run under jit -------------
+  def _check_images(self, images):
+    v = self.cfg.vision
+    expected = (v.image_size, v.image_size, 3)
+    if getattr(images, "ndim", None) != 4 or tuple(images.shape[1:]) != expected:
+      raise ValueError(f"images: expected a float array of shape (batch, {v.image_size}, "
+                       f"{v.image_size}, 3) (NHWC), got shape {getattr(images, 'shape', None)}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+      raise ValueError(f"images: expected a float dtype (normalised pixels), got {images.dtype}")
+
+  def _check_text(self, text):
+    t = self.cfg.text
+    if getattr(text, "ndim", None) != 2:
+      raise ValueError(f"text: expected int token ids of shape (batch, length), got shape "
+                       f"{getattr(text, 'shape', None)}")
+    if not jnp.issubdtype(text.dtype, jnp.integer):
+      raise ValueError(f"text: expected integer token ids, got dtype {text.dtype}")
+    if not 1 <= text.shape[1] <= t.context_length:
+      raise ValueError(f"text: length {text.shape[1]} is outside 1..{t.context_length} "
+                       "(text.context_length)")
+
+  # --- the public methods ---------------------------------------------------------------
+  def encode_image(self, images, normalize: bool = True):
+    """-> (image embedding (B, embed_dim), image tokens for the decoder (B, M, width))."""
+    self._check_images(images)
+    embedding, tokens = self.pooling(self.visual(images))
+    return (l2_normalize(embedding) if normalize else embedding), tokens
+
+  def encode_text(self, text, normalize: bool = True):
+    """-> (text embedding (B, embed_dim), unimodal token states (B, L, width))."""
+    self._check_text(text)
+    embedding, tokens = self.text(text)
+    return (l2_normalize(embedding) if normalize else embedding), tokens
+
+  def decode_tokens(self, text_tokens, image_tokens):
+    """Multimodal decoder on unimodal token states -> float32 logits (B, L, vocab)."""
+    width = self.cfg.text.width
+    if image_tokens.ndim != 3 or image_tokens.shape[-1] != width:
+      raise ValueError(f"image_tokens: expected shape (batch, tokens, {width}), "
+                       f"got {image_tokens.shape}")
+    if image_tokens.shape[0] != text_tokens.shape[0]:
+      raise ValueError(f"image_tokens: batch {image_tokens.shape[0]} differs from the text "
+                       f"batch {text_tokens.shape[0]}")
+    return self.decoder(text_tokens, image_tokens)
+
+  def decode(self, text, image_tokens):
+    """Caption logits: position i predicts token i+1. -> float32 (B, L, vocab)."""
+    _, text_tokens = self.encode_text(text, normalize=False)
+    return self.decode_tokens(text_tokens, image_tokens)
+
+  def get_logit_scale(self):
+    """exp(temperature parameter), kept at most `max_logit_scale`."""
+    return jnp.exp(jnp.minimum(self.logit_scale, math.log(self.cfg.max_logit_scale)))
+
+  def __call__(self, images, text) -> Dict[str, Any]:
+    image_embed, image_tokens = self.encode_image(images)
+    text_embed, text_tokens = self.encode_text(text)
+    return {
+        "image_embed": image_embed,
+        "text_embed": text_embed,
+        "logits": self.decode_tokens(text_tokens, image_tokens),
+        "logit_scale": self.get_logit_scale(),
+    }
+
+
+def create_model(model_config, deterministic: bool = True) -> CoCa:
+  """A CoCa module from a ModelConfig, an ml_collections ConfigDict or a nested dict."""
+  return CoCa(from_dict(model_config), deterministic=deterministic)

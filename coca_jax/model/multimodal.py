@@ -1,0 +1,36 @@
+"""The multimodal decoder: text states cross-attend to the image tokens, then vocabulary logits."""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from coca_jax.model import partitioning as P
+from coca_jax.model.blocks import MultimodalLayer, compute_dtype, layer_norm, run_layers
+from coca_jax.model.config import ModelConfig
+
+
+class MultimodalDecoder(nn.Module):
+  """(text states (B, T, W), image tokens (B, M, W)) -> float32 logits (B, T, vocab)."""
+  cfg: ModelConfig
+  tied_embedding: Optional[Any] = None  # the shared nn.Embed when the projection is tied
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, image_tokens):
+    cfg, d = self.cfg, self.cfg.decoder
+    dtype = compute_dtype(cfg)
+    length = x.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    x = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
+                   (causal, image_tokens.astype(dtype)), num_heads=d.num_heads,
+                   mlp_dim=d.mlp_dim, mlp_after_self_attention=d.mlp_after_self_attention,
+                   deterministic=self.deterministic)
+    x = layer_norm(cfg, "ln_final")(x)
+    if self.tied_embedding is not None:
+      logits = self.tied_embedding.attend(x)
+    else:
+      proj = self.param("proj", P.param_init(nn.initializers.normal(cfg.text.width ** -0.5),
+                                             ("embed", "vocab")),
+                        (cfg.text.width, cfg.text.vocab_size), jnp.float32)
+      logits = x @ proj.astype(dtype)
+    return P.constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))

@@ -1,0 +1,68 @@
+"""The unimodal text decoder: causal self-attention over the text, a CLS token appended last.
+
+Its CLS state (layer-normed, projected) is the text embedding; its text-position states (without
+the final norm) feed the multimodal decoder.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from coca_jax.model import partitioning as P
+from coca_jax.model.blocks import EncoderLayer, compute_dtype, layer_norm, run_layers
+from coca_jax.model.config import ModelConfig, TextConfig
+
+
+def valid_text_positions(text, t: TextConfig):
+  """True where a token is real text: not padding, and not after the first end token."""
+  valid = text != t.pad_id
+  if t.eos_id is not None:
+    eos = (text == t.eos_id).astype(jnp.int32)
+    valid &= (jnp.cumsum(eos, axis=1) - eos) == 0
+  return valid
+
+
+def text_attention_mask(text, t: TextConfig):
+  """Boolean (B, 1, L+1, L+1) mask over the text plus the appended CLS position.
+
+  Every row is causal and masks invalid keys. With `legacy_cls_mask` (open_clip's published
+  weights) the key mask is shifted right by one: key 0 is always visible, key j > 0 is visible
+  iff text[j-1] is not padding, so the CLS key is visible only when the text fills every slot.
+  """
+  b, length = text.shape
+  if t.legacy_cls_mask:
+    keys = jnp.concatenate([jnp.ones((b, 1), bool), text != t.pad_id], axis=1)
+  else:
+    keys = jnp.concatenate([valid_text_positions(text, t), jnp.ones((b, 1), bool)], axis=1)
+  causal = jnp.tril(jnp.ones((length + 1, length + 1), bool))
+  return causal[None, None] & keys[:, None, None, :]
+
+
+class UnimodalTextDecoder(nn.Module):
+  """text (B, L) int -> (unnormalised embedding (B, embed_dim), token states (B, L, width))."""
+  cfg: ModelConfig
+  token_embedding: Any  # an nn.Embed shared with a tied output projection
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, text):
+    cfg, t = self.cfg, self.cfg.text
+    dtype = compute_dtype(cfg)
+    b, length = text.shape
+    x = self.token_embedding(text).astype(dtype)
+    cls = self.param("cls_embedding", P.param_init(nn.initializers.normal(0.02), ("embed",)),
+                     (t.width,), jnp.float32)
+    x = jnp.concatenate([x, jnp.broadcast_to(cls.astype(dtype), (b, 1, t.width))], axis=1)
+    pos = self.param("pos_embedding", P.param_init(nn.initializers.normal(0.01),
+                                                   ("pos", "embed")),
+                     (t.context_length + 1, t.width), jnp.float32)
+    x = x + pos[:length + 1].astype(dtype)
+    x = P.constrain(x, ("act_batch", "act_len", "act_embed"))
+    x = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
+    x = run_layers(EncoderLayer, t.depth, cfg, "layers", x, (text_attention_mask(text, t),),
+                   num_heads=t.num_heads, mlp_dim=t.mlp_dim, deterministic=self.deterministic)
+    pooled = layer_norm(cfg, "ln_final")(x[:, -1])
+    proj = self.param("proj", P.param_init(nn.initializers.normal(t.width ** -0.5),
+                                           ("embed", "proj")),
+                      (t.width, cfg.embed_dim), jnp.float32)
+    return pooled @ proj.astype(dtype), x[:, :-1]
