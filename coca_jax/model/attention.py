@@ -12,6 +12,43 @@ import jax.numpy as jnp
 from coca_jax.model import partitioning as P
 
 
+class HeadsProjection(nn.Module):
+  """(..., in) -> (..., heads, head_dim). The kernel is created at its full 3-D shape (not
+  flattened, as nn.DenseGeneral does) so that its logical axis names apply at init."""
+  num_heads: int
+  head_dim: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    kernel = self.param("kernel", P.param_init(init, ("embed", "heads", "kv")),
+                        (x.shape[-1], self.num_heads, self.head_dim), jnp.float32)
+    y = jnp.einsum("...d,dhk->...hk", x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", P.param_init(nn.initializers.zeros, ("heads", "kv")),
+                        (self.num_heads, self.head_dim), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class OutputProjection(nn.Module):
+  """(..., heads, head_dim) -> (..., width)."""
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    kernel = self.param("kernel", P.param_init(init, ("heads", "kv", "embed")),
+                        x.shape[-2:] + (self.width,), jnp.float32)
+    bias = self.param("bias", P.param_init(nn.initializers.zeros, ("embed",)), (self.width,),
+                      jnp.float32)
+    y = jnp.einsum("...hk,hkd->...d", x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class MultiHeadAttention(nn.Module):
   num_heads: int
   width: Optional[int] = None  # output and query-projection width; default: query input width
@@ -26,12 +63,7 @@ class MultiHeadAttention(nn.Module):
     head_dim = width // self.num_heads
 
     def project(name, x):
-      return nn.DenseGeneral(
-          features=(self.num_heads, head_dim), axis=-1, use_bias=self.use_bias,
-          dtype=self.dtype, param_dtype=jnp.float32,
-          kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("embed", "heads", "kv")),
-          bias_init=P.param_init(nn.initializers.zeros, ("heads", "kv")),
-          name=name)(x)
+      return HeadsProjection(self.num_heads, head_dim, self.use_bias, self.dtype, name=name)(x)
 
     q = project("query", inputs_q)
     k = project("key", inputs_kv)
@@ -40,10 +72,5 @@ class MultiHeadAttention(nn.Module):
     k = P.constrain(k, ("act_batch", "act_len", "act_heads", "act_kv"))
     v = P.constrain(v, ("act_batch", "act_len", "act_heads", "act_kv"))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-    out = nn.DenseGeneral(
-        features=width, axis=(-2, -1), use_bias=True, dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
-        bias_init=P.param_init(nn.initializers.zeros, ("embed",)),
-        name="out")(out)
+    out = OutputProjection(width, self.dtype, name="out")(out)
     return P.constrain(out, ("act_batch", "act_len", "act_embed"))

@@ -1,7 +1,7 @@
 """Logical axis names for parameters and activations.
 
 Parameter axes: embed, mlp, heads, kv, vocab, layers (scan), and unsharded ones (norm, pos,
-queries, patch, channels). Activation axes carry an `act_` prefix so that they never map onto
+queries, patch_h, patch_w, channels). Activation axes carry an `act_` prefix so that they never map onto
 the same mesh axis as a parameter by accident. `coca_jax.sharding` maps both onto the mesh.
 """
 import flax.linen as nn

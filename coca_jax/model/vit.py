@@ -19,7 +19,7 @@ class VisionTransformer(nn.Module):
     x = nn.Conv(v.width, (v.patch_size, v.patch_size), strides=(v.patch_size, v.patch_size),
                 padding="VALID", use_bias=v.patch_bias, dtype=dtype, param_dtype=jnp.float32,
                 kernel_init=P.param_init(nn.initializers.lecun_normal(),
-                                         ("patch", "patch", "channels", "embed")),
+                                         ("patch_h", "patch_w", "channels", "embed")),
                 bias_init=P.param_init(nn.initializers.zeros, ("embed",)),
                 name="patch_embed")(images.astype(dtype))
     b = x.shape[0]
