@@ -1,0 +1,1 @@
+"""Weight converters from other CoCa implementations into coca_jax params."""

@@ -1,0 +1,227 @@
+"""open_clip CoCa state dict -> coca_jax params, exactly (no tensor left out or guessed).
+
+  python -m coca_jax.convert.open_clip --input=open_clip_model.safetensors \
+      --config=configs/openclip_b32.py --output=/tmp/coca_b32
+
+The target tree comes from the model itself (`abstract_params`, shapes only), and every target
+leaf is derived from named open_clip tensors whose shapes are checked BEFORE they are sliced or
+reshaped: a fused q;k;v tensor with a wrong row count would otherwise still slice into
+correctly-shaped pieces, and B-32's square `visual.proj` passes any output-shape check even when
+transposed. Missing, unexpected and mis-shaped tensors are collected and raised together.
+"""
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Dict, Mapping, Tuple
+
+import flax
+import numpy as np
+from flax import traverse_util
+
+from coca_jax.model.config import from_dict
+from coca_jax.model.layer_stacking import stack_layers
+from coca_jax.model.summary import abstract_params
+
+Shape = Tuple[int, ...]
+
+# Our top-level (non-layer) params -> (open_clip name, kind). Kinds are defined in _KINDS.
+_DIRECT = {
+    "visual/patch_embed/kernel": ("visual.conv1.weight", "conv"),
+    "visual/patch_embed/bias": ("visual.conv1.bias", "copy"),
+    "visual/class_token": ("visual.class_embedding", "copy"),
+    "visual/pos_embedding": ("visual.positional_embedding", "copy"),  # class-token row first
+    "visual/ln_pre/scale": ("visual.ln_pre.weight", "copy"),
+    "visual/ln_pre/bias": ("visual.ln_pre.bias", "copy"),
+    "pooling/ln_post/scale": ("visual.ln_post.weight", "copy"),
+    "pooling/ln_post/bias": ("visual.ln_post.bias", "copy"),
+    "pooling/proj": ("visual.proj", "copy"),  # a Parameter already (in, out)
+    "token_embedding/embedding": ("text.token_embedding.weight", "copy"),
+    "text/cls_embedding": ("text.cls_emb", "copy"),
+    "text/pos_embedding": ("text.positional_embedding", "copy"),  # context + 1 rows, CLS last
+    "text/ln_final/scale": ("text.ln_final.weight", "copy"),
+    "text/ln_final/bias": ("text.ln_final.bias", "copy"),
+    "text/proj": ("text.text_projection", "copy"),  # (in, out)
+    "decoder/ln_final/scale": ("text_decoder.ln_final.weight", "copy"),
+    "decoder/ln_final/bias": ("text_decoder.ln_final.bias", "copy"),
+    "decoder/proj": ("text_decoder.text_projection", "copy"),  # (in, out)
+    "logit_scale": ("logit_scale", "scalar"),
+}
+
+# Prefixes of our repeated modules -> open_clip module prefixes.
+_PREFIXES = [
+    (re.compile(r"^visual/layers_(\d+)/block/"), r"visual.transformer.resblocks.\1."),
+    (re.compile(r"^text/layers_(\d+)/block/"), r"text.transformer.resblocks.\1."),
+    (re.compile(r"^decoder/layers_(\d+)/self_attn/"), r"text_decoder.resblocks.\1."),
+    (re.compile(r"^decoder/layers_(\d+)/cross_attn/"), r"text_decoder.cross_attn.\1."),
+    (re.compile(r"^pooling/pooler/"), "visual.attn_pool."),
+]
+_QKV = {"query": (0, "q"), "key": (1, "k"), "value": (2, "v")}
+
+# kind -> (source shape from the target shape, transform from source to target).
+_KINDS: Dict[str, Tuple[Callable[[Shape], Shape], Callable[[np.ndarray, Shape], np.ndarray]]] = {
+    "copy": (lambda t: t, lambda x, t: x),
+    "scalar": (lambda t: (), lambda x, t: x.reshape(())),
+    # torch Linear (out, in) -> Dense (in, out)
+    "linear": (lambda t: (t[1], t[0]), lambda x, t: x.T),
+    # torch Conv2d OIHW -> Flax Conv HWIO
+    "conv": (lambda t: (t[3], t[2], t[0], t[1]), lambda x, t: x.transpose(2, 3, 1, 0)),
+    # separate q/k/v projection (heads*head_dim, in) -> DenseGeneral (in, heads, head_dim)
+    "head_kernel": (lambda t: (t[1] * t[2], t[0]), lambda x, t: x.T.reshape(t)),
+    # out_proj (out, heads*head_dim) -> DenseGeneral (heads, head_dim, out)
+    "out_kernel": (lambda t: (t[2], t[0] * t[1]), lambda x, t: x.T.reshape(t)),
+}
+
+
+def _fused(index: int, is_bias: bool):
+  """q;k;v stacked along rows (in_proj_weight (3W, in), in_proj_bias (3W,)) -> one of them."""
+  def source_shape(t):
+    width = t[0] * t[1] if is_bias else t[1] * t[2]
+    return (3 * width,) if is_bias else (3 * width, t[0])
+
+  def transform(x, t):
+    width = x.shape[0] // 3
+    part = x[index * width:(index + 1) * width]
+    return part.reshape(t) if is_bias else part.T.reshape(t)
+  return source_shape, transform
+
+
+def _layer_rule(prefix: str, rest: str, state_dict: Mapping[str, Any]):
+  """(open_clip name, (source_shape_fn, transform)) for a param inside a block or the pooler."""
+  m = re.fullmatch(r"(ln_1|ln_1_kv|ln_2|ln_q|ln_k)/(scale|bias)", rest)
+  if m:
+    return f"{prefix}{m.group(1)}.{'weight' if m.group(2) == 'scale' else 'bias'}", _KINDS["copy"]
+  m = re.fullmatch(r"mlp/(fc1|fc2)/(kernel|bias)", rest)
+  if m:
+    name = f"{prefix}mlp.{'c_fc' if m.group(1) == 'fc1' else 'c_proj'}"
+    return (f"{name}.weight", _KINDS["linear"]) if m.group(2) == "kernel" else (
+        f"{name}.bias", _KINDS["copy"])
+  m = re.fullmatch(r"attn/(query|key|value)/(kernel|bias)", rest)
+  if m:
+    index, letter = _QKV[m.group(1)]
+    if m.group(2) == "bias":
+      return f"{prefix}attn.in_proj_bias", _fused(index, True)
+    # torch's MultiheadAttention keeps separate q/k/v weights when key width != query width
+    # (the pooler); otherwise one fused in_proj_weight.
+    separate = f"{prefix}attn.{letter}_proj_weight"
+    if separate in state_dict:
+      return separate, _KINDS["head_kernel"]
+    return f"{prefix}attn.in_proj_weight", _fused(index, False)
+  m = re.fullmatch(r"attn/out/(kernel|bias)", rest)
+  if m:
+    return (f"{prefix}attn.out_proj.weight", _KINDS["out_kernel"]) if m.group(1) == "kernel" else (
+        f"{prefix}attn.out_proj.bias", _KINDS["copy"])
+  if rest == "queries":
+    return f"{prefix}query", _KINDS["copy"]
+  return None
+
+
+def _rule(path: str, state_dict: Mapping[str, Any]):
+  if path in _DIRECT:
+    name, kind = _DIRECT[path]
+    return name, _KINDS[kind]
+  for pattern, replacement in _PREFIXES:
+    m = pattern.match(path)
+    if m:
+      return _layer_rule(m.expand(replacement), path[m.end():], state_dict)
+  return None
+
+
+def _fmt(shape) -> str:
+  return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], model_config) -> Dict[str, Any]:
+  """open_clip CoCa state dict (name -> array) -> this model's float32 NumPy params.
+
+  Unrolled layers, or stacked ones when `scan_layers` is set. Raises ValueError naming every
+  missing, unexpected or mis-shaped tensor.
+  """
+  cfg = from_dict(model_config)
+  # Convert layer by layer (unrolled names map one-to-one), then stack for a scanned model.
+  unrolled = dataclasses.replace(cfg, scan_layers=False)
+  target = traverse_util.flatten_dict(flax.linen.unbox(abstract_params(unrolled)), sep="/")
+  used, problems, flat = set(), {}, {}
+  for path, leaf in sorted(target.items()):
+    shape = tuple(leaf.shape)
+    rule = _rule(path, state_dict)
+    if rule is None:
+      problems[f"no open_clip tensor maps to {path}"] = None
+      continue
+    name, (source_shape, transform) = rule
+    if name not in state_dict:
+      problems[f"missing tensor {name} (for {path})"] = None
+      continue
+    used.add(name)
+    x = np.asarray(state_dict[name])
+    want = source_shape(shape)
+    if tuple(x.shape) != want and not (want == () and x.size == 1):
+      problems[f"mis-shaped tensor {name}: shape {_fmt(x.shape)}, expected {_fmt(want)} "
+                f"(for {path} {_fmt(shape)})"] = None
+      continue
+    y = np.array(transform(x, shape), dtype=np.float32, order="C")  # a copy, not a view
+    if y.shape != shape:  # a converter bug, not a bad input; still reported with its name
+      problems[f"converted {name} to shape {_fmt(y.shape)}, but {path} is {_fmt(shape)}"] = None
+      continue
+    flat[path] = y
+  for name in sorted(set(state_dict) - used):
+    problems[f"unexpected tensor {name} {_fmt(np.shape(state_dict[name]))}"] = None
+  if problems:
+    raise ValueError(f"open_clip state dict does not match the model config "
+                     f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+  params = traverse_util.unflatten_dict(flat, sep="/")
+  if cfg.scan_layers:
+    params = stack_layers(params)
+    shapes = lambda tree: {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree).items()}
+    if shapes(params) != shapes(flax.linen.unbox(abstract_params(cfg))):
+      raise ValueError("stacked params do not match the scanned model's params")
+  return params
+
+
+def load_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """Reads a .safetensors (NumPy, no torch) or PyTorch .bin/.pt/.pth file -> name -> array.
+
+  Training checkpoints wrap the weights in {"state_dict": ...} and DDP prefixes them "module.".
+  PyTorch tensors come back as float32 (torch's bfloat16 has no NumPy view); safetensors ones
+  keep their dtype (ml_dtypes gives NumPy a bfloat16). The converter casts to float32 anyway.
+  """
+  if path.endswith(".safetensors"):
+    import ml_dtypes  # pylint: disable=g-import-not-at-top,unused-import  (NumPy bfloat16)
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    state_dict = load_file(path)
+  else:
+    import torch  # pylint: disable=g-import-not-at-top  (only for PyTorch files)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+      checkpoint = checkpoint["state_dict"]
+    state_dict = {k: v.detach().float().numpy() for k, v in checkpoint.items()}
+  if state_dict and all(k.startswith("module.") for k in state_dict):
+    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  model_config = f.config.model
+  params = convert_state_dict(load_state_dict(f.input), model_config)
+  params_checkpoint.save(f.output, params, model_config)
+  n = sum(int(np.prod(x.shape)) for x in traverse_util.flatten_dict(params).values())
+  print(f"wrote {n:,d} params from {f.input} to {os.path.abspath(f.output)}")
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "Config file; its `model` is converted to.",
+                                  lock_config=True)
+  flags.DEFINE_string("input", None, "open_clip weights: .safetensors, .bin, .pt or .pth.")
+  flags.DEFINE_string("output", None, "Output directory (a coca_jax params checkpoint).")
+  flags.mark_flags_as_required(["config", "input", "output"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
