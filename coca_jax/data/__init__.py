@@ -1,0 +1,118 @@
+"""The input pipeline: datasets, preprocessing and resumable batch iterators.
+
+`config.data` fields (defaults in `config.py`; unknown fields are refused):
+  train           dataset spec, or a list (or name -> spec dict) of specs mixed by their
+                  `weight` with exact per-batch proportions (see sources.py for spec fields)
+  eval            dataset spec for evaluation (default: coca_shapes validation)
+  data_dir        TFDS data dir; None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  tokenizer       spec for `coca_jax.tokenizers.load` ("embedded", "clip_bpe", a .model path)
+  image_size      square side of the model's images
+  text_length     tokens per text (start + caption + end, padded)
+  normalization   "openai_clip" | "imagenet" | "half" | "unit" | dict(mean=..., std=...)
+  crop            training crop: "random_resized_crop" or "center" (eval always resizes the
+                  shorter side, bicubic, then crops the centre)
+  crop_scale, crop_ratio   random resized crop ranges (default (0.9, 1.0), (3/4, 4/3))
+  max_caption_chars        longer captions are cut on a word boundary
+  num_threads, prefetch    Grain reader threads (in this process) and examples read ahead
+  shuffle_window  records shuffled together inside a streamed shard
+
+Use:
+  tok = coca_jax.tokenizers.load(config.data.tokenizer)
+  it = data.build_train_iterator(config.data, global_batch_size=B, seed=0,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(), tokenizer=tok)
+  batch = next(it)  # {"images": f32 (B/P, S, S, 3), "text": i32 (B/P, L)}
+  it.stats()        # {"batches", "input_wait_s", "bad_records", "bad_records/<reason>"}
+
+Input wait: `it.input_wait_s` is the total time `next(it)` blocked; divide its growth by the
+step time to get the fraction of time spent waiting for input.
+
+Checkpoints: the iterator's state is small JSON (`it.get_state()` -> bytes,
+`it.set_state(bytes)`). Keep it in the Orbax checkpoint next to the train state:
+  from coca_jax.data.checkpoint import IteratorSave, IteratorRestore
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             data=IteratorSave(it)))
+  manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                data=IteratorRestore(it)))
+Random-access data resumes exactly with any process count; streamed data (stream=True) only
+with the same one (otherwise set_state raises and says why).
+
+Evaluation: `build_eval_iterator(...)` yields every example once (padded last batch, `mask`),
+with "label", "scene" (coca_shapes) and "index"; `class_names(config.data)` and
+`zero_shot_templates(config.data)` give the zero-shot classifier's prompts;
+`caption_attribute_score(caption, scene)` scores a generated caption on coca_shapes.
+
+Multi-host: call `prepare(config.data)` on one process (then a barrier) before building
+iterators when several processes share a data_dir, so only one of them generates or converts.
+"""
+from typing import Dict, Optional, Sequence
+
+from coca_jax.data.config import default_config, resolve
+from coca_jax.data.pipeline import (DataIterator, EvalIterator, build_eval_iterator,
+                                    build_train_iterator)
+from coca_jax.data.shapes import caption_attribute_counts, caption_attribute_score
+from coca_jax.data.sources import DatasetSpec, Source, parse_specs
+
+__all__ = ["build_train_iterator", "build_eval_iterator", "class_names", "zero_shot_templates",
+           "caption_attribute_score", "caption_attribute_counts", "prepare", "default_config",
+           "DataIterator", "EvalIterator", "DatasetSpec"]
+
+
+def _hide_accelerators_from_tensorflow():
+  """TensorFlow (imported by TFDS) must leave GPUs and TPUs to JAX."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):  # already initialised, or no such device type
+      pass
+
+
+_hide_accelerators_from_tensorflow()
+
+
+def _eval_spec(data_config, dataset) -> DatasetSpec:
+  return DatasetSpec.parse(dataset if dataset is not None else resolve(data_config)["eval"])
+
+
+def class_names(data_config, dataset=None) -> Sequence[str]:
+  """Class names of the eval dataset (or `dataset`), for zero-shot classification."""
+  spec = _eval_spec(data_config, dataset)
+  if spec.name.startswith("coca_shapes") and spec.format == "tfds":
+    from coca_jax.data import shapes  # pylint: disable=import-outside-toplevel
+    return shapes.CLASS_NAMES
+  names = Source(spec, resolve(data_config)["data_dir"]).class_names
+  if not names:
+    raise ValueError(f"{spec.name} has no class label feature (set label_key)")
+  return names
+
+
+def zero_shot_templates(data_config, dataset=None) -> Sequence[str]:
+  """Prompt templates ("...{}...") for the eval dataset's class names."""
+  from coca_jax.data import sources  # pylint: disable=import-outside-toplevel
+  spec = _eval_spec(data_config, dataset)
+  if spec.templates is not None:
+    return spec.template_list()
+  return sources.TEMPLATES["coca_shapes" if spec.name.startswith("coca_shapes") else "clip"]
+
+
+def prepare(data_config) -> Dict[str, Dict]:
+  """Generates or converts every dataset of the config that needs it; returns, for converted
+  files, the bad records dropped by split (also logged and kept in the dataset's metadata)."""
+  from coca_jax.data import local  # pylint: disable=import-outside-toplevel
+  cfg = resolve(data_config)
+  reports = {}
+  for spec in parse_specs(cfg["train"]) + [DatasetSpec.parse(cfg["eval"])]:
+    if spec.stream:
+      continue
+    source = Source(spec, cfg["data_dir"])
+    if spec.format != "tfds":
+      reports[source.builder.info.full_name] = local.bad_record_report(source.builder)
+  return reports
+
+
+def eval_dataset(data_config, split: Optional[str] = None) -> DatasetSpec:
+  """The eval spec with another split (e.g. "test")."""
+  spec = _eval_spec(data_config, None)
+  return DatasetSpec.parse({**{k: getattr(spec, k) for k in spec.__dataclass_fields__},
+                            **({"split": split} if split else {})})

@@ -1,0 +1,36 @@
+"""`config.data`: defaults, and checking a user's fields against them (typos are refused)."""
+import ml_collections
+
+DEFAULTS = dict(
+    train=dict(name="coca_shapes", split="train"),  # a dataset spec, or a list/dict of them
+    eval=dict(name="coca_shapes", split="validation"),
+    data_dir=None,  # TFDS data dir (None: TFDS's default, ~/tensorflow_datasets)
+    tokenizer="embedded",  # a spec for coca_jax.tokenizers.load
+    image_size=32,
+    text_length=24,
+    normalization="openai_clip",  # a name in preprocess.NORMALIZATIONS or dict(mean=, std=)
+    crop="random_resized_crop",  # training crop; "center" for resize + centre crop
+    crop_scale=(0.9, 1.0),  # random resized crop: area fraction (open_clip's training default)
+    crop_ratio=(3 / 4, 4 / 3),  # and aspect ratio range
+    max_caption_chars=1000,
+    num_threads=2,  # Grain reader threads in this process (no worker processes)
+    prefetch=128,  # examples read ahead
+    shuffle_window=256,  # streamed shards: records shuffled together
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The defaults as a ConfigDict (the embedded dataset at the tiny config's sizes)."""
+  return ml_collections.ConfigDict(DEFAULTS)
+
+
+def resolve(data_config) -> dict:
+  """Plain dict of the defaults overridden by `data_config` (a dict or ConfigDict)."""
+  if data_config is None:
+    data_config = {}
+  if hasattr(data_config, "to_dict"):
+    data_config = data_config.to_dict()
+  unknown = set(data_config) - set(DEFAULTS)
+  if unknown:
+    raise ValueError(f"unknown config.data fields {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+  return {**DEFAULTS, **data_config}

@@ -1,0 +1,176 @@
+"""People's own image-caption files, read as raw records.
+
+Formats (`format` in a dataset spec):
+  csv, tsv     open_clip's layout: an image-path column and a caption column (names and
+               separator configurable); relative paths are relative to the file's directory.
+  jsonl        one JSON object per line, {"image": path, "caption": text} (keys configurable).
+  webdataset   img2dataset's .tar shards: NNN.jpg (or .png, .webp, ...) + NNN.txt (+ NNN.json).
+  tfrecord     img2dataset's TFRecord shards: tf.train.Example with "jpg" and "txt" features.
+
+A raw record is `{"key": str, "image": bytes, "caption": str | bytes}`; an unreadable one is
+`{"key": str, "error": reason}` so that the caller can count it. Paths may be local or remote
+(gs://...): files are opened through etils.epath. `path` may be a file, a directory (every shard
+in it), a glob, or a brace range like "shards/{00000..00099}.tar".
+"""
+import csv
+import io
+import json
+import re
+import tarfile
+from typing import Dict, Iterator, List, Optional
+
+from etils import epath
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+SHARD_SUFFIX = {"webdataset": ".tar", "tfrecord": ".tfrecord", "csv": ".csv", "tsv": ".tsv",
+                "jsonl": ".jsonl"}
+FORMATS = tuple(SHARD_SUFFIX)
+DEFAULT_KEYS = {  # (image key, caption key) per format
+    "csv": ("filepath", "title"), "tsv": ("filepath", "title"),  # open_clip's defaults
+    "jsonl": ("image", "caption"), "webdataset": ("jpg", "txt"), "tfrecord": ("jpg", "txt"),
+}
+
+
+def expand_paths(path: str, fmt: str) -> List[epath.Path]:
+  """Sorted files named by a file, a directory, a glob or a {000..099} brace range."""
+  match = re.search(r"\{(\d+)\.\.(\d+)\}", path)
+  if match:
+    lo, hi = match[1], match[2]
+    return [epath.Path(path[:match.start()] + str(i).zfill(len(lo)) + path[match.end():])
+            for i in range(int(lo), int(hi) + 1)]
+  p = epath.Path(path)
+  if p.is_dir():
+    return sorted(f for f in p.iterdir() if f.name.endswith(SHARD_SUFFIX[fmt]))
+  if any(c in path for c in "*?["):
+    parent = epath.Path(path.split("*")[0].split("?")[0].split("[")[0]).parent
+    return sorted(parent.glob(str(epath.Path(path).relative_to(parent))))
+  return [p]
+
+
+def read_file(path: str, fmt: str, *, image_key: Optional[str] = None,
+              text_key: Optional[str] = None, separator: Optional[str] = None,
+              start: int = 0, load_images: bool = True) -> Iterator[Dict]:
+  """Raw records of one file (one shard) from record `start` on, in file order.
+
+  `load_images=False`: csv/tsv/jsonl records carry the image path, not its bytes.
+  """
+  default_image, default_text = DEFAULT_KEYS[fmt]
+  image_key, text_key = image_key or default_image, text_key or default_text
+  path = epath.Path(path)
+  if fmt in ("csv", "tsv", "jsonl"):
+    records = _read_table(path, fmt, image_key, text_key, separator, load_images)
+  elif fmt == "webdataset":
+    records = _read_tar(path, image_key, text_key)
+  elif fmt == "tfrecord":
+    records = _read_tfrecord(path, image_key, text_key)
+  else:
+    raise ValueError(f"unknown format {fmt!r}: one of {FORMATS}")
+  for i, record in enumerate(records):
+    if i >= start:
+      yield record
+
+
+def _load(base: epath.Path, name: str, load: bool = True) -> Dict:
+  image_path = epath.Path(name) if epath.Path(name).is_absolute() or "://" in name \
+      else base / name
+  if not load:
+    return {"image_path": str(image_path)}
+  try:
+    return {"image": image_path.read_bytes()}
+  except (FileNotFoundError, IsADirectoryError, PermissionError):
+    return {"error": "image_missing"}
+
+
+def _read_table(path: epath.Path, fmt, image_key, text_key, separator,
+                load_images) -> Iterator[Dict]:
+  # Undecodable bytes survive as surrogates, so a bad caption spoils only its own row.
+  with path.open("rb") as f:
+    text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+    if fmt == "jsonl":
+      for n, line in enumerate(text):
+        if not line.strip():
+          continue
+        key = f"{path.name}:{n}"
+        try:
+          row = json.loads(line)
+          yield {"key": key, "caption": row[text_key],
+                 **_load(path.parent, row[image_key], load_images)}
+        except (ValueError, KeyError, TypeError):
+          yield {"key": key, "error": "record_invalid"}
+      return
+    sep = separator or ("\t" if fmt == "tsv" else ",")
+    reader = csv.DictReader(text, delimiter=sep)
+    if reader.fieldnames is None or not {image_key, text_key} <= set(reader.fieldnames):
+      raise ValueError(f"{path}: columns {reader.fieldnames} lack {image_key!r} or {text_key!r} "
+                       "(set image_key / text_key / separator in the dataset spec)")
+    for n, row in enumerate(reader):
+      key = f"{path.name}:{n}"
+      if not row.get(image_key):
+        yield {"key": key, "error": "record_invalid"}
+        continue
+      yield {"key": key, "caption": row.get(text_key) or "",
+             **_load(path.parent, row[image_key], load_images)}
+
+
+def _read_tar(path: epath.Path, image_key: str, text_key: str) -> Iterator[Dict]:
+  """Groups consecutive members by key (the name up to its first dot), as webdataset does."""
+  def finish(key, parts):
+    image = parts.get(image_key) or next(
+        (parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+    caption = parts.get(text_key)
+    if caption is None and "json" in parts:
+      try:
+        caption = json.loads(parts["json"]).get("caption")
+      except (ValueError, AttributeError):
+        caption = None
+    if image is None or caption is None:
+      return {"key": key, "error": "record_incomplete"}
+    return {"key": key, "image": image, "caption": caption}
+
+  key, parts = None, {}
+  with path.open("rb") as f:
+    try:
+      with tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+          if not member.isfile():
+            continue
+          name = member.name.rsplit("/", 1)[-1]
+          base, _, ext = name.partition(".")
+          if base != key and key is not None:
+            yield finish(key, parts)
+            parts = {}
+          key = base
+          parts[ext.lower()] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError):
+      if key is not None:
+        yield {"key": key, "error": "shard_truncated"}
+      key = None
+  if key is not None:
+    yield finish(key, parts)
+
+
+def _read_tfrecord(path: epath.Path, image_key: str, text_key: str) -> Iterator[Dict]:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  records = tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
+  n = 0
+  while True:
+    try:
+      data = next(records)
+    except StopIteration:
+      return
+    except tf.errors.OpError:  # a truncated or corrupted shard ends here
+      yield {"key": f"{path.name}:{n}", "error": "shard_truncated"}
+      return
+    try:
+      example = tf.train.Example.FromString(data).features.feature
+    except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError)
+      example = {}
+    key = example["key"].bytes_list.value[0].decode() if "key" in example else f"{path.name}:{n}"
+    n += 1
+    found = image_key if image_key in example else next(
+        (e for e in IMAGE_EXTENSIONS if e in example), None)
+    if found is None or text_key not in example:
+      yield {"key": key, "error": "record_incomplete"}
+      continue
+    yield {"key": key, "image": example[found].bytes_list.value[0],
+           "caption": example[text_key].bytes_list.value[0]}

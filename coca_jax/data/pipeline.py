@@ -1,0 +1,307 @@
+"""The train and eval iterators: process-local batches, deterministic and resumable.
+
+Training over random-access datasets (TFDS ArrayRecord, including converted local files) is
+index-based: global example j of the run is slot j % B of global batch j // B (B = global batch
+size); each dataset fills fixed slots of every batch (mixture.py) and walks its own shuffled,
+repeated order (reshuffled every epoch); example j's augmentation is seeded by (seed, j); process
+p takes global examples p, p + P, p + 2P, ... So global batch k is the same set of examples for
+any process count, and the iterator's whole state is k: a resume with another process count
+restores the global position exactly. Grain does the shuffling and the threaded prefetch.
+
+Training with any `stream=True` dataset reads shards in place (streams.py); its state is
+per process and a resume with another process count is refused.
+
+A record that fails at read time is replaced deterministically (training) or masked out
+(evaluation) and counted; `stats()` reports the counts and the time spent waiting for input.
+"""
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import grain
+import numpy as np
+
+from coca_jax.data import mixture, preprocess, records, streams
+from coca_jax.data.config import resolve
+from coca_jax.data.sources import DatasetSpec, Source, parse_specs
+
+STATE_VERSION = 1
+MAX_REPLACEMENTS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleMaker:
+  """A record -> model inputs: decoded, cropped, normalised image; tokenized caption."""
+  image_size: int
+  text_length: int
+  tokenizer: Any
+  mean: np.ndarray
+  std: np.ndarray
+  crop_scale: Sequence[float] = (0.9, 1.0)
+  crop_ratio: Sequence[float] = (3 / 4, 4 / 3)
+  random_crop: bool = True
+  max_caption_chars: int = 1000
+
+  @classmethod
+  def from_config(cls, cfg, tokenizer, train: bool) -> "ExampleMaker":
+    mean, std = preprocess.mean_std(cfg["normalization"])
+    return cls(cfg["image_size"], cfg["text_length"], tokenizer, mean, std,
+               tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]),
+               train and cfg["crop"] == "random_resized_crop", cfg["max_caption_chars"])
+
+  def __call__(self, record: Dict, rng: Optional[np.random.Generator]) -> Dict:
+    """rng None: evaluation (centre crop, first caption)."""
+    captions, error = [], records.BadRecord("caption_empty")
+    for caption in record["captions"]:
+      try:
+        captions.append(records.clean_caption(caption, self.max_caption_chars))
+      except records.BadRecord as e:
+        error = e
+    if not captions:
+      raise error
+    image = records.decode_image(record["image"], min_size=self.image_size)
+    image = preprocess.preprocess_image(
+        image, self.image_size, rng if self.random_crop else None, scale=self.crop_scale,
+        ratio=self.crop_ratio)
+    caption = captions[int(rng.integers(len(captions)))] if rng is not None else captions[0]
+    return {"images": preprocess.normalize(image, self.mean, self.std),
+            "text": self.tokenizer.encode([caption], self.text_length)[0],
+            "label": np.int32(record["label"]), "scene": np.asarray(record["scene"], np.int32)}
+
+  def blank(self) -> Dict:
+    """A stand-in for a masked-out example: zero image, empty (but valid) text."""
+    return {"images": np.zeros((self.image_size, self.image_size, 3), np.float32),
+            "text": self.tokenizer.encode([""], self.text_length)[0], "label": np.int32(-1),
+            "scene": streams.NO_SCENE}
+
+
+def _grain_seed(*values) -> int:
+  return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
+
+
+def _shuffled(source: Source, seed: int, index: int) -> grain.MapDataset:
+  """The source's records in a seeded order, reshuffled every epoch, repeated forever."""
+  return grain.MapDataset.source(source).seed(_grain_seed(seed, index)).shuffle().repeat()
+
+
+class DataIterator:
+  """Process-local batches with a checkpointable state and input-wait timing.
+
+  `get_state()` -> bytes (JSON) and `set_state(bytes | dict)`; `stats()` -> counts of batches,
+  bad records and seconds spent waiting in `next()`. Use `checkpoint.IteratorSave/Restore` to
+  keep the state inside an Orbax checkpoint.
+  """
+
+  def __init__(self, info: Dict, counts: records.BadRecordCounts):
+    self.info, self.counts = info, counts
+    self.process_index = info["process_index"]
+    self.process_count = info["process_count"]
+    self.batches, self.input_wait_s = 0, 0.0
+    self._it = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    start = time.perf_counter()
+    batch = next(self._it)
+    self.input_wait_s += time.perf_counter() - start
+    self.batches += 1
+    return batch
+
+  def stats(self) -> Dict[str, Any]:
+    return {"batches": self.batches, "input_wait_s": self.input_wait_s,
+            "bad_records": self.counts.total(), **{f"bad_records/{k}": v
+                                                   for k, v in self.counts.as_dict().items()}}
+
+  def get_state(self) -> bytes:
+    return json.dumps({"version": STATE_VERSION, **self.info, **self._position()}).encode()
+
+  def set_state(self, state):
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    for key in ("seed", "global_batch_size", "datasets", "kind"):
+      if state.get(key) != self.info[key]:
+        raise ValueError(f"data iterator state is for another run: {key} {state.get(key)!r} "
+                         f"!= {self.info[key]!r}")
+    self._restore(state)
+
+  def start_prefetch(self):
+    """Grain's checkpoint handler calls this after a restore; prefetch starts on `next()`."""
+
+  def close(self):
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+
+  def _position(self) -> Dict:
+    raise NotImplementedError
+
+  def _restore(self, state: Dict):
+    raise NotImplementedError
+
+
+class IndexIterator(DataIterator):
+  """Random-access training data: the state is the number of global batches consumed."""
+
+  def __init__(self, examples: grain.MapDataset, info: Dict, counts, read_options):
+    super().__init__(info, counts)
+    self._examples, self._read_options = examples, read_options
+    self._restart(0)
+
+  def _restart(self, next_batch: int):
+    self.next_batch = next_batch
+    b = self.info["global_batch_size"] // self.process_count
+    start = next_batch * self.info["global_batch_size"] + self.process_index
+    local = self._examples[start::self.process_count]
+    self._it = iter(local.to_iter_dataset(self._read_options).batch(b))
+
+  def __next__(self):
+    batch = super().__next__()
+    self.next_batch += 1
+    return batch
+
+  def _position(self) -> Dict:
+    return {"next_batch": self.next_batch}
+
+  def _restore(self, state: Dict):
+    self.close()
+    self._restart(int(state["next_batch"]))  # exact for any process count
+
+
+class StreamingIterator(DataIterator):
+  """Streamed training data: the state is this process's readers' positions."""
+
+  def __init__(self, dataset: grain.IterDataset, info: Dict, counts):
+    super().__init__(info, counts)
+    self._it = iter(dataset)
+
+  def _position(self) -> Dict:
+    return {"stream": self._it.get_state()}
+
+  def _restore(self, state: Dict):
+    if (state["process_index"], state["process_count"]) != (self.process_index,
+                                                            self.process_count):
+      raise ValueError(
+          "cannot resume streamed data with a different process layout: the state was saved by "
+          f"process {state['process_index']} of {state['process_count']}, this is process "
+          f"{self.process_index} of {self.process_count}. Shard-by-shard reading keeps one "
+          "position per process; resume with the same process count, or convert the data to "
+          "TFDS (stream=False), whose index-based order resumes exactly with any count.")
+    self._it.set_state(state["stream"])
+
+
+def _check_layout(global_batch_size: int, process_index: int, process_count: int):
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} "
+                     "processes")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+
+
+def build_train_iterator(data_config, *, global_batch_size: int, seed: int, process_index: int,
+                         process_count: int, tokenizer) -> DataIterator:
+  """Endless process-local batches {"images": f32 (b, S, S, 3), "text": i32 (b, L)},
+  b = global_batch_size / process_count, from `data_config.train` (one dataset or a mixture)."""
+  _check_layout(global_batch_size, process_index, process_count)
+  cfg = resolve(data_config)
+  specs = parse_specs(cfg["train"])
+  make = ExampleMaker.from_config(cfg, tokenizer, train=True)
+  counts = records.BadRecordCounts()
+  random_access = [None if s.stream else Source(s, cfg["data_dir"]) for s in specs]
+  info = {"kind": "stream" if any(s.stream for s in specs) else "index", "seed": seed,
+          "global_batch_size": global_batch_size, "process_index": process_index,
+          "process_count": process_count,
+          "datasets": [s.fingerprint() if s else f"{spec.name}:{spec.path}"
+                       for s, spec in zip(random_access, specs)]}
+  train_only = lambda example: {k: example[k] for k in ("images", "text")}  # noqa: E731
+  if info["kind"] == "index":
+    examples = _index_examples(random_access, specs, seed, global_batch_size, make, counts)
+    read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
+    return IndexIterator(examples.map(train_only), info, counts, read)
+  b = global_batch_size // process_count
+  readers = [
+      streams.ShardReader(spec, _grain_seed(seed, i), process_index, process_count,
+                          cfg["shuffle_window"]) if src is None
+      else streams.IndexReader(_shuffled(src, seed, i), process_index, process_count)
+      for i, (spec, src) in enumerate(zip(specs, random_access))]
+  slots = mixture.slot_table([s.weight for s in specs], b)
+  dataset = streams.StreamDataset(lambda: streams.StreamIterator(
+      readers, slots, make, seed, process_index, counts)).map(train_only).batch(b)
+  dataset = grain.experimental.ThreadPrefetchIterDataset(
+      dataset, prefetch_buffer_size=max(1, cfg["prefetch"] // b))
+  return StreamingIterator(dataset, info, counts)
+
+
+def _index_examples(sources: List[Source], specs: List[DatasetSpec], seed: int, batch: int,
+                    make: ExampleMaker, counts: records.BadRecordCounts) -> grain.MapDataset:
+  """Global example j of the run, for every j (see the module docstring)."""
+  table = mixture.slot_table([s.weight for s in specs], batch)
+  ranks = mixture.slot_ranks(table)
+  per_batch = np.bincount(table, minlength=len(sources))
+  orders = [_shuffled(src, seed, i) for i, src in enumerate(sources)]
+
+  def example(j: int) -> Dict:
+    k, slot = divmod(j, batch)
+    i = int(table[slot])
+    rng = np.random.default_rng([seed, j])
+    record = orders[i][k * int(per_batch[i]) + int(ranks[slot])]
+    for _ in range(MAX_REPLACEMENTS):
+      try:
+        return make(record, rng)
+      except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
+        counts.add(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
+        record = sources[i][int(rng.integers(len(sources[i])))]  # deterministic stand-in
+    raise RuntimeError(f"{MAX_REPLACEMENTS} bad records in a row in {specs[i].name}")
+
+  return grain.MapDataset.range(sys.maxsize).map(example)
+
+
+class EvalIterator:
+  """Every example of a split exactly once, in order, then padding up to a whole global batch.
+
+  Batches hold "images", "text", "label" (-1 when none), "scene" (coca_shapes), "index" (the
+  example's position in the split) and "mask" (False for padding and for records that failed
+  to read; those are counted in `counts`). Every process yields `num_batches` batches.
+  Iterating again starts again from the beginning.
+  """
+
+  def __init__(self, source: Source, make: ExampleMaker, global_batch_size: int,
+               process_index: int, process_count: int, read_options):
+    self.source, self.counts = source, records.BadRecordCounts()
+    self.class_names = source.class_names
+    self.num_examples = len(source)
+    self.num_batches = -(-self.num_examples // global_batch_size)
+    total = self.num_batches * global_batch_size
+    blank = make.blank()
+
+    def example(j: int) -> Dict:
+      if j < self.num_examples:
+        try:
+          return {**make(source[j], None), "mask": True, "index": np.int64(j)}
+        except Exception as e:  # pylint: disable=broad-except
+          self.counts.add(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
+      return {**blank, "mask": False, "index": np.int64(j)}
+
+    self._examples = grain.MapDataset.range(total)[process_index::process_count].map(example)
+    self._read_options = read_options
+    self._batch = global_batch_size // process_count
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self):
+    return iter(self._examples.to_iter_dataset(self._read_options).batch(self._batch))
+
+
+def build_eval_iterator(data_config, *, global_batch_size: int, process_index: int,
+                        process_count: int, tokenizer, dataset=None) -> EvalIterator:
+  """Evaluation batches over `dataset` (a spec; default `data_config.eval`)."""
+  _check_layout(global_batch_size, process_index, process_count)
+  cfg = resolve(data_config)
+  spec = DatasetSpec.parse(dataset if dataset is not None else cfg["eval"])
+  make = ExampleMaker.from_config(cfg, tokenizer, train=False)
+  read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
+  return EvalIterator(Source(spec, cfg["data_dir"]), make, global_batch_size, process_index,
+                      process_count, read)

@@ -1,0 +1,137 @@
+"""Bad records: decode what can be decoded, reject the rest with a reason, and count.
+
+Images: PIL decodes by content, not by file name (a PNG saved as .jpg is fine); CMYK, grayscale,
+palette, RGBA (over white), 16-bit and float images become 8-bit RGB; an animated image gives its
+first frame; large JPEGs are decoded at reduced scale (`draft`) when only a small picture is
+needed. Truncated, empty or undecodable files raise `BadRecord`.
+
+Captions: bytes must be valid UTF-8; whitespace is squeezed, control characters dropped, text
+cut at `max_chars` on a word boundary; an empty caption raises `BadRecord`.
+
+`BadRecordCounts` counts reasons (thread-safe): during preparation, records are dropped and
+counted; at read time a failing record is replaced (training) or masked (evaluation) and counted.
+"""
+import collections
+import io
+import threading
+import unicodedata
+import warnings
+from typing import Dict, Optional
+
+import numpy as np
+from PIL import Image
+
+# A 48-megapixel photo is fine; PIL refuses beyond twice this as a decompression bomb.
+Image.MAX_IMAGE_PIXELS = 100_000_000
+
+
+class BadRecord(ValueError):
+  """A record that cannot be used; `reason` is a short counter name."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
+
+
+class BadRecordCounts:
+  """Thread-safe counts of bad records by reason."""
+
+  def __init__(self):
+    self._counts = collections.Counter()
+    self._lock = threading.Lock()
+
+  def add(self, reason: str, n: int = 1):
+    with self._lock:
+      self._counts[reason] += n
+
+  def as_dict(self) -> Dict[str, int]:
+    with self._lock:
+      return dict(sorted(self._counts.items()))
+
+  def total(self) -> int:
+    with self._lock:
+      return sum(self._counts.values())
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB from any PIL mode; transparency is composited over white."""
+  if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+      values = values / 257.0  # 16-bit range to 8-bit
+    elif image.mode == "F" and values.max(initial=0) <= 1.0:
+      values = values * 255.0
+    image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+  if image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    image = image.convert("RGBA")
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(background, image)
+  return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode_image(data, min_size: Optional[int] = None) -> np.ndarray:
+  """uint8 (H, W, 3) from encoded bytes (or an array, checked and converted).
+
+  `min_size`: the picture will be resized to at least this on its shorter side, so a JPEG may be
+  decoded at a reduced scale that keeps at least this many pixels.
+  """
+  if isinstance(data, np.ndarray):
+    return _array_to_rgb(data)
+  if not data:
+    raise BadRecord("image_empty")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # PIL warns about odd metadata; the pixels decide
+      image = Image.open(io.BytesIO(data))
+      if min_size and image.format == "JPEG":
+        w, h = image.size
+        scale = min_size / min(w, h)
+        image.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
+      image.seek(0)  # first frame of an animation
+      image.load()
+      image = _to_rgb(image)
+  except Image.DecompressionBombError as e:
+    raise BadRecord("image_too_large", str(e)) from e
+  except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
+    reason = "image_truncated" if "truncated" in str(e) else "image_undecodable"
+    raise BadRecord(reason, str(e)) from e
+  array = np.asarray(image)
+  if array.ndim != 3 or min(array.shape[:2]) < 1:
+    raise BadRecord("image_undecodable", f"shape {array.shape}")
+  return array
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+    raise BadRecord("image_undecodable", f"array of shape {array.shape}")
+  if array.dtype != np.uint8:
+    raise BadRecord("image_undecodable", f"array of dtype {array.dtype}")
+  if array.shape[-1] == 1:
+    return np.repeat(array, 3, axis=-1)
+  if array.shape[-1] == 4:
+    return np.asarray(_to_rgb(Image.fromarray(array, "RGBA")))
+  return array
+
+
+def clean_caption(text, max_chars: int = 1000) -> str:
+  """Readable single-line text: valid UTF-8, no control characters, squeezed whitespace."""
+  if isinstance(text, (bytes, np.bytes_)):
+    try:
+      text = bytes(text).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise BadRecord("caption_invalid_utf8", str(e)) from e
+  text = str(text)
+  if any(unicodedata.category(c) == "Cs" for c in text):  # bytes smuggled in by surrogateescape
+    raise BadRecord("caption_invalid_utf8")
+  text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+  text = " ".join(text.split())
+  if len(text) > max_chars:
+    cut = text[:max_chars + 1].rfind(" ")
+    text = text[:cut if cut > max_chars // 2 else max_chars].rstrip()
+  if not text:
+    raise BadRecord("caption_empty")
+  return text
