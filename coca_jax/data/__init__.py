@@ -58,19 +58,6 @@ __all__ = ["build_train_iterator", "build_eval_iterator", "class_names", "zero_s
            "DataIterator", "EvalIterator", "DatasetSpec"]
 
 
-def _hide_accelerators_from_tensorflow():
-  """TensorFlow (imported by TFDS) must leave GPUs and TPUs to JAX."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for kind in ("GPU", "TPU"):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):  # already initialised, or no such device type
-      pass
-
-
-_hide_accelerators_from_tensorflow()
-
-
 def _eval_spec(data_config, dataset) -> DatasetSpec:
   return DatasetSpec.parse(dataset if dataset is not None else resolve(data_config)["eval"])
 

@@ -15,6 +15,7 @@ A record that fails at read time is replaced deterministically (training) or mas
 (evaluation) and counted; `stats()` reports the counts and the time spent waiting for input.
 """
 import dataclasses
+import importlib.metadata
 import json
 import sys
 import time
@@ -192,12 +193,28 @@ class StreamingIterator(DataIterator):
     self._it.set_state(state["stream"])
 
 
+def hide_accelerators_from_tensorflow():
+  """TensorFlow (under TFDS) must leave GPUs to JAX. The project pins tensorflow-cpu, which sees
+  none; only a full `tensorflow` install is told. (Not done at import: once TensorFlow's runtime
+  is up, importing triton, as open_clip's torch does, crashes the process.)"""
+  try:
+    importlib.metadata.version("tensorflow")
+  except importlib.metadata.PackageNotFoundError:
+    return
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # devices already initialised
+    pass
+
+
 def _check_layout(global_batch_size: int, process_index: int, process_count: int):
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} "
                      "processes")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+  hide_accelerators_from_tensorflow()
 
 
 def build_train_iterator(data_config, *, global_batch_size: int, seed: int, process_index: int,
