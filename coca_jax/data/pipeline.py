@@ -78,6 +78,10 @@ class ExampleMaker:
             "scene": streams.NO_SCENE}
 
 
+def _reason(error: Exception) -> str:
+  return getattr(error, "reason", f"read_failed:{type(error).__name__}")
+
+
 def _grain_seed(*values) -> int:
   return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
 
@@ -95,8 +99,8 @@ class DataIterator:
   keep the state inside an Orbax checkpoint.
   """
 
-  def __init__(self, info: Dict, counts: records.BadRecordCounts):
-    self.info, self.counts = info, counts
+  def __init__(self, info: Dict):
+    self.info, self.counts = info, records.BadRecordCounts()
     self.process_index = info["process_index"]
     self.process_count = info["process_count"]
     self.batches, self.input_wait_s = 0, 0.0
@@ -110,6 +114,7 @@ class DataIterator:
     batch = next(self._it)
     self.input_wait_s += time.perf_counter() - start
     self.batches += 1
+    self.counts.add_joined(batch.pop(records.BAD))
     return batch
 
   def stats(self) -> Dict[str, Any]:
@@ -146,8 +151,8 @@ class DataIterator:
 class IndexIterator(DataIterator):
   """Random-access training data: the state is the number of global batches consumed."""
 
-  def __init__(self, examples: grain.MapDataset, info: Dict, counts, read_options):
-    super().__init__(info, counts)
+  def __init__(self, examples: grain.MapDataset, info: Dict, read_options):
+    super().__init__(info)
     self._examples, self._read_options = examples, read_options
     self._restart(0)
 
@@ -174,8 +179,8 @@ class IndexIterator(DataIterator):
 class StreamingIterator(DataIterator):
   """Streamed training data: the state is this process's readers' positions."""
 
-  def __init__(self, dataset: grain.IterDataset, info: Dict, counts):
-    super().__init__(info, counts)
+  def __init__(self, dataset: grain.IterDataset, info: Dict):
+    super().__init__(info)
     self._it = iter(dataset)
 
   def _position(self) -> Dict:
@@ -225,18 +230,17 @@ def build_train_iterator(data_config, *, global_batch_size: int, seed: int, proc
   cfg = resolve(data_config)
   specs = parse_specs(cfg["train"])
   make = ExampleMaker.from_config(cfg, tokenizer, train=True)
-  counts = records.BadRecordCounts()
   random_access = [None if s.stream else Source(s, cfg["data_dir"]) for s in specs]
   info = {"kind": "stream" if any(s.stream for s in specs) else "index", "seed": seed,
           "global_batch_size": global_batch_size, "process_index": process_index,
           "process_count": process_count,
           "datasets": [s.fingerprint() if s else f"{spec.name}:{spec.path}"
                        for s, spec in zip(random_access, specs)]}
-  train_only = lambda example: {k: example[k] for k in ("images", "text")}  # noqa: E731
+  train_only = lambda example: {k: example[k] for k in ("images", "text", records.BAD)}  # noqa
   if info["kind"] == "index":
-    examples = _index_examples(random_access, specs, seed, global_batch_size, make, counts)
+    examples = _index_examples(random_access, specs, seed, global_batch_size, make)
     read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
-    return IndexIterator(examples.map(train_only), info, counts, read)
+    return IndexIterator(examples.map(train_only), info, read)
   b = global_batch_size // process_count
   readers = [
       streams.ShardReader(spec, _grain_seed(seed, i), process_index, process_count,
@@ -245,14 +249,14 @@ def build_train_iterator(data_config, *, global_batch_size: int, seed: int, proc
       for i, (spec, src) in enumerate(zip(specs, random_access))]
   slots = mixture.slot_table([s.weight for s in specs], b)
   dataset = streams.StreamDataset(lambda: streams.StreamIterator(
-      readers, slots, make, seed, process_index, counts)).map(train_only).batch(b)
+      readers, slots, make, seed, process_index)).map(train_only).batch(b)
   dataset = grain.experimental.ThreadPrefetchIterDataset(
       dataset, prefetch_buffer_size=max(1, cfg["prefetch"] // b))
-  return StreamingIterator(dataset, info, counts)
+  return StreamingIterator(dataset, info)
 
 
 def _index_examples(sources: List[Source], specs: List[DatasetSpec], seed: int, batch: int,
-                    make: ExampleMaker, counts: records.BadRecordCounts) -> grain.MapDataset:
+                    make: ExampleMaker) -> grain.MapDataset:
   """Global example j of the run, for every j (see the module docstring)."""
   table = mixture.slot_table([s.weight for s in specs], batch)
   ranks = mixture.slot_ranks(table)
@@ -264,11 +268,12 @@ def _index_examples(sources: List[Source], specs: List[DatasetSpec], seed: int, 
     i = int(table[slot])
     rng = np.random.default_rng([seed, j])
     record = orders[i][k * int(per_batch[i]) + int(ranks[slot])]
+    bad = []
     for _ in range(MAX_REPLACEMENTS):
       try:
-        return make(record, rng)
+        return {**make(record, rng), records.BAD: ";".join(bad)}
       except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
-        counts.add(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
+        bad.append(_reason(e))
         record = sources[i][int(rng.integers(len(sources[i])))]  # deterministic stand-in
     raise RuntimeError(f"{MAX_REPLACEMENTS} bad records in a row in {specs[i].name}")
 
@@ -294,12 +299,13 @@ class EvalIterator:
     blank = make.blank()
 
     def example(j: int) -> Dict:
+      bad = ""
       if j < self.num_examples:
         try:
-          return {**make(source[j], None), "mask": True, "index": np.int64(j)}
+          return {**make(source[j], None), "mask": True, "index": np.int64(j), records.BAD: ""}
         except Exception as e:  # pylint: disable=broad-except
-          self.counts.add(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
-      return {**blank, "mask": False, "index": np.int64(j)}
+          bad = _reason(e)
+      return {**blank, "mask": False, "index": np.int64(j), records.BAD: bad}
 
     self._examples = grain.MapDataset.range(total)[process_index::process_count].map(example)
     self._read_options = read_options
@@ -309,7 +315,10 @@ class EvalIterator:
     return self.num_batches
 
   def __iter__(self):
-    return iter(self._examples.to_iter_dataset(self._read_options).batch(self._batch))
+    self.counts = records.BadRecordCounts()
+    for batch in self._examples.to_iter_dataset(self._read_options).batch(self._batch):
+      self.counts.add_joined(batch.pop(records.BAD))
+      yield batch
 
 
 def build_eval_iterator(data_config, *, global_batch_size: int, process_index: int,

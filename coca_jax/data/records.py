@@ -9,7 +9,9 @@ Captions: bytes must be valid UTF-8; whitespace is squeezed, control characters 
 cut at `max_chars` on a word boundary; an empty caption raises `BadRecord`.
 
 `BadRecordCounts` counts reasons (thread-safe): during preparation, records are dropped and
-counted; at read time a failing record is replaced (training) or masked (evaluation) and counted.
+counted; at read time a failing record is replaced (training) or masked (evaluation), and the
+example carries the reasons (field `BAD`, ";"-joined) to the consumer, which counts them when it
+takes the batch: counts follow the batches consumed, not the read-ahead.
 """
 import collections
 import io
@@ -23,6 +25,7 @@ from PIL import Image
 
 # A 48-megapixel photo is fine; PIL refuses beyond twice this as a decompression bomb.
 Image.MAX_IMAGE_PIXELS = 100_000_000
+BAD = "bad_records"  # example field: reasons of the records it replaced, ";"-joined
 
 
 class BadRecord(ValueError):
@@ -43,6 +46,13 @@ class BadRecordCounts:
   def add(self, reason: str, n: int = 1):
     with self._lock:
       self._counts[reason] += n
+
+  def add_joined(self, joined):
+    """Counts reasons carried by examples as ";"-joined strings (an array of them: a batch)."""
+    for text in np.asarray(joined).reshape(-1):
+      for reason in str(text).split(";"):
+        if reason:
+          self.add(reason)
 
   def as_dict(self) -> Dict[str, int]:
     with self._lock:
@@ -95,7 +105,7 @@ def decode_image(data, min_size: Optional[int] = None) -> np.ndarray:
   except Image.DecompressionBombError as e:
     raise BadRecord("image_too_large", str(e)) from e
   except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
-    reason = "image_truncated" if "truncated" in str(e) else "image_undecodable"
+    reason = "image_truncated" if "truncated" in str(e).lower() else "image_undecodable"
     raise BadRecord(reason, str(e)) from e
   array = np.asarray(image)
   if array.ndim != 3 or min(array.shape[:2]) < 1:

@@ -57,7 +57,11 @@ class ShardReader:
       offset = self.done - self._block_start
       if offset >= len(self._block):
         self._block_start += len(self._block)
-        self._block = [r for _, r in zip(range(self.window), self._records)]
+        try:
+          self._block = [r for _, r in zip(range(self.window), self._records)]
+        except (OSError, ValueError) as e:  # a missing or unreadable shard: skip the rest of it
+          self.visits, self.done, self._records = self.visits + 1, 0, None
+          return {"error": "shard_unreadable", "detail": str(e)}
         order = np.random.default_rng(
             [self.seed, self.visits, self._block_start]).permutation(len(self._block))
         self._block = [self._block[i] for i in order]
@@ -104,16 +108,17 @@ class IndexReader:
 class StreamIterator(grain.DatasetIterator):
   """Examples from several readers, each filling its slots of every batch (see mixture.py).
 
-  A record that is unreadable, or that `make_example` rejects, is counted and replaced by the
-  same reader's next record: deterministic, and the state still points at the exact record.
+  A record that is unreadable, or that `make_example` rejects, is replaced by the same reader's
+  next record (deterministic; the state still points at the exact record) and its reason rides
+  along in the example's `records.BAD` field, to be counted by the consumer.
   """
 
   def __init__(self, readers: Sequence, slots: np.ndarray,
                make_example: Callable[[Dict, np.random.Generator], Dict], seed: int,
-               process_index: int, counts: records.BadRecordCounts, max_failures: int = 1000):
+               process_index: int, max_failures: int = 1000):
     super().__init__()
     self.readers, self.slots, self.make_example = list(readers), slots, make_example
-    self.seed, self.process_index, self.counts = seed, process_index, counts
+    self.seed, self.process_index = seed, process_index
     self.max_failures = max_failures
     self.slot = 0
     self.taken = [0] * len(self.readers)
@@ -121,6 +126,7 @@ class StreamIterator(grain.DatasetIterator):
   def __next__(self) -> Dict:
     source = int(self.slots[self.slot])
     reader = self.readers[source]
+    bad = []
     for _ in range(self.max_failures):
       raw = reader.next()
       self.taken[source] += 1
@@ -128,10 +134,10 @@ class StreamIterator(grain.DatasetIterator):
       try:
         if "error" in raw:
           raise records.BadRecord(raw["error"])
-        example = self.make_example(raw, rng)
+        example = {**self.make_example(raw, rng), records.BAD: ";".join(bad)}
         break
-      except records.BadRecord as e:
-        self.counts.add(e.reason)
+      except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
+        bad.append(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
     else:
       raise RuntimeError(f"{self.max_failures} bad records in a row from dataset {source}")
     self.slot = (self.slot + 1) % len(self.slots)

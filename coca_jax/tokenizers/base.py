@@ -43,8 +43,12 @@ class Tokenizer(abc.ABC):
     return out
 
   def decode(self, ids) -> str:
-    """Text of one row of ids: drops a leading start token, stops at the first end token."""
+    """Text of one row of ids: drops a leading start token, stops at the first end token.
+
+    Ids outside the vocabulary (a model's embedding table may be larger) are dropped.
+    """
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    ids = [i for i in ids if 0 <= i < self.vocab_size]
     if ids and ids[0] == self.bos_id:
       ids = ids[1:]
     if self.eos_id in ids:
