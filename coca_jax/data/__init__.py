@@ -65,7 +65,7 @@ def _eval_spec(data_config, dataset) -> DatasetSpec:
 def class_names(data_config, dataset=None) -> Sequence[str]:
   """Class names of the eval dataset (or `dataset`), for zero-shot classification."""
   spec = _eval_spec(data_config, dataset)
-  if spec.name.startswith("coca_shapes") and spec.format == "tfds":
+  if spec.name.startswith("coca_shapes") and spec.format == "tfds" and not spec.path:
     from coca_jax.data import shapes  # pylint: disable=import-outside-toplevel
     return shapes.CLASS_NAMES
   names = Source(spec, resolve(data_config)["data_dir"]).class_names

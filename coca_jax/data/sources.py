@@ -5,7 +5,8 @@ A dataset spec (a dict or ConfigDict; unknown fields are refused):
               under which people's own files are converted (then `format` and `path` are set)
   split       "train", "validation", "test[:10%]", ...
   format      "tfds" (default), or csv | tsv | jsonl | webdataset | tfrecord (see formats.py)
-  path        those files: a file, a directory, a glob or a {000..099} range (local or gs://)
+  path        those files: a file, a directory, a glob or a {000..099} range (local or gs://);
+              with format "tfds": a prepared dataset's directory (as printed by data.convert)
   stream      False: convert the files into a TFDS dataset on first use (random access, exact
               resume with any process count); True: read shards in place, shard by shard
               (web scale; resume needs the same process count)
@@ -100,16 +101,12 @@ def _builder(spec: DatasetSpec, data_dir: Optional[str]) -> tfds.core.DatasetBui
     split = re.split(r"[\[+]", spec.split)[0]
     return local.prepare(dataclasses.asdict(spec) | {"name": f"{spec.name}_{split}",
                                                       "split": split}, data_dir)
+  if spec.path:  # a prepared TFDS dataset's directory, e.g. written by data.convert
+    return tfds.builder_from_directory(spec.path)
   name, _, config = spec.name.partition("/")
   if name == embedded.NAME:
     return embedded.prepare(data_dir, config or "default")
-  builder = tfds.builder(spec.name, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"TFDS dataset {spec.name!r} is not prepared in {builder.data_dir!r}; nothing is "
-        "downloaded at run time: prepare it first with `tfds build "
-        f"{spec.name} --data_dir=... --file_format=array_record`")
-  return builder
+  return tfds.builder(spec.name, data_dir=data_dir)
 
 
 def _default_keys(spec: DatasetSpec, builder) -> Dict[str, Optional[str]]:
@@ -150,11 +147,16 @@ class Source:
     try:
       self.data = self.builder.as_data_source(
           self.split, decoders=_nested(self.keys["image"], tfds.decode.SkipDecoding()))
-    except NotImplementedError as e:
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises several kinds)
+      if not self.builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {spec.name!r} is not prepared in {self.builder.data_dir!r}; nothing "
+            f"is downloaded at run time: prepare it first with `tfds build {spec.name} "
+            "--data_dir=... --file_format=array_record`") from e
       raise ValueError(
-          f"{spec.name} is not stored as ArrayRecord (random access); convert it with `tfds "
-          f"convert_format --dataset_dir=... --out_file_format=array_record`, or read it as a "
-          "stream") from e
+          f"{spec.name}: no random access to split {self.split!r} ({e}). A dataset stored as "
+          "TFRecord can be converted with `tfds convert_format --dataset_dir=... "
+          "--out_file_format=array_record`") from e
     self.templates = spec.template_list()
     self.class_names = None
     if self.keys["label"]:
@@ -176,7 +178,7 @@ class Source:
       if isinstance(captions, (str, bytes)) or np.ndim(captions) == 0:
         captions = [captions]
       captions = list(captions)
-    scene = record.get("scene") if self.spec.name.startswith(embedded.NAME) else None
+    scene = record.get("scene") if self.builder.info.name == embedded.NAME else None
     return {"image": _get(record, self.keys["image"]), "captions": captions, "label": label,
             "scene": np.full(shapes.SCENE_LEN, -1, np.int32) if scene is None
             else np.asarray(scene, np.int32)}
