@@ -62,7 +62,10 @@ class ExampleMaker:
         error = e
     if not captions:
       raise error
-    image = records.decode_image(record["image"], min_size=self.image_size)
+    # Training may decode large JPEGs at reduced scale (fast); evaluation decodes in full, so
+    # that it matches open_clip's preprocessing exactly.
+    image = records.decode_image(record["image"],
+                                 min_size=self.image_size if rng is not None else None)
     image = preprocess.preprocess_image(
         image, self.image_size, rng if self.random_crop else None, scale=self.crop_scale,
         ratio=self.crop_ratio)
