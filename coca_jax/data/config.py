@@ -13,8 +13,8 @@ DEFAULTS = dict(
     crop_scale=(0.9, 1.0),  # random resized crop: area fraction (open_clip's training default)
     crop_ratio=(3 / 4, 4 / 3),  # and aspect ratio range
     max_caption_chars=1000,
-    num_threads=2,  # Grain reader threads in this process (no worker processes)
-    prefetch=128,  # examples read ahead
+    num_threads=2,  # Grain reader threads in this process, each making whole batches
+    prefetch=256,  # examples read ahead
     shuffle_window=256,  # streamed shards: records shuffled together
 )
 

@@ -16,15 +16,16 @@ takes the batch: counts follow the batches consumed, not the read-ahead.
 import collections
 import io
 import threading
-import unicodedata
 import warnings
 from typing import Dict, Optional
 
 import numpy as np
 from PIL import Image
+import regex
 
 # A 48-megapixel photo is fine; PIL refuses beyond twice this as a decompression bomb.
 Image.MAX_IMAGE_PIXELS = 100_000_000
+_SURROGATE, _CONTROL = regex.compile(r"\p{Cs}"), regex.compile(r"\p{Cc}")
 BAD = "bad_records"  # example field: reasons of the records it replaced, ";"-joined
 
 
@@ -81,14 +82,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode_image(data, min_size: Optional[int] = None) -> np.ndarray:
-  """uint8 (H, W, 3) from encoded bytes (or an array, checked and converted).
+def open_image(data, min_size: Optional[int] = None) -> Image.Image:
+  """An 8-bit RGB PIL image from encoded bytes (or a uint8 array, checked and converted).
 
   `min_size`: the picture will be resized to at least this on its shorter side, so a JPEG may be
   decoded at a reduced scale that keeps at least this many pixels.
   """
   if isinstance(data, np.ndarray):
-    return _array_to_rgb(data)
+    return Image.fromarray(_array_to_rgb(data))
   if not data:
     raise BadRecord("image_empty")
   try:
@@ -107,10 +108,14 @@ def decode_image(data, min_size: Optional[int] = None) -> np.ndarray:
   except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
     reason = "image_truncated" if "truncated" in str(e).lower() else "image_undecodable"
     raise BadRecord(reason, str(e)) from e
-  array = np.asarray(image)
-  if array.ndim != 3 or min(array.shape[:2]) < 1:
-    raise BadRecord("image_undecodable", f"shape {array.shape}")
-  return array
+  if min(image.size) < 1:
+    raise BadRecord("image_undecodable", f"size {image.size}")
+  return image
+
+
+def decode_image(data, min_size: Optional[int] = None) -> np.ndarray:
+  """uint8 (H, W, 3): `open_image` as an array."""
+  return np.asarray(open_image(data, min_size))
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:
@@ -135,9 +140,10 @@ def clean_caption(text, max_chars: int = 1000) -> str:
     except UnicodeDecodeError as e:
       raise BadRecord("caption_invalid_utf8", str(e)) from e
   text = str(text)
-  if any(unicodedata.category(c) == "Cs" for c in text):  # bytes smuggled in by surrogateescape
-    raise BadRecord("caption_invalid_utf8")
-  text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+  if not (text.isascii() and text.isprintable()):
+    if _SURROGATE.search(text):  # bytes smuggled in by surrogateescape
+      raise BadRecord("caption_invalid_utf8")
+    text = _CONTROL.sub(" ", text)
   text = " ".join(text.split())
   if len(text) > max_chars:
     cut = text[:max_chars + 1].rfind(" ")
