@@ -161,3 +161,15 @@ def test_clip_bpe_travels_without_open_clip(tmp_path, clip_tokenizers):
   assert np.array_equal(np.array(json.loads(out.stdout)), ours.encode(CORPUS, 76))
   assert np.array_equal(tokenizers.load(f"clip_bpe:{tmp_path / 'export' / clip_bpe.VOCAB_FILE}")
                         .encode(CORPUS, 76), ours.encode(CORPUS, 76))
+
+
+def test_clip_bpe_matches_open_clip_on_random_text(clip_tokenizers):
+  ours, theirs = clip_tokenizers
+  rng = np.random.default_rng(0)
+  pool = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \t\n.,;:!?'\"()[]"
+               "{}<>/\\|@#$%^&*-_=+~`éèàüößçñøåæœÉÀ—–…“”‘’«»¿¡€£¥©®™°±×÷東京大阪中文字한국어ひら"
+               "がなカタカナабвгдеёжзαβγδεζηθ")
+          + ["😀", "👍🏽", "❤️", "🇫🇷", "\u200b", "\u200d", "&amp;", "&lt;", "&#39;", "&nbsp;",
+             "'s", "'ll", "Ã©", "â€™", "\x00", "\x1c", "\u2028", "\ufeff", "ﬁ", "İ"])
+  texts = ["".join(rng.choice(pool, size=rng.integers(0, 120))) for _ in range(500)]
+  np.testing.assert_array_equal(ours.encode(texts, 76), theirs(texts).numpy())
