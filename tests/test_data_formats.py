@@ -265,3 +265,26 @@ def test_convert_command(tmp_path, tok):
 def test_paths_expand():
   assert [p.name for p in formats.expand_paths("/x/{008..011}.tar", "webdataset")] == [
       "008.tar", "009.tar", "010.tar", "011.tar"]
+
+
+def test_streamed_and_random_access_mixture(tmp_path, tok):
+  path = write_tar_shards(tmp_path / "shards", 12, 5)
+  cfg = {**base_config(tmp_path), "image_size": 32, "train": [
+      dict(name="coca_shapes/small", weight=0.5),
+      dict(name="web", format="webdataset", path=path, stream=True, weight=0.5)]}
+  straight, _ = stream_batches(cfg, tok, 2, 6)
+  for batch in straight:
+    assert sum("zebra" in t for t in batch) == 4  # half of each batch, in each process
+  _, its = stream_batches(cfg, tok, 2, 2)
+  resumed, _ = stream_batches(cfg, tok, 2, 4, [it.get_state() for it in its])
+  assert resumed == straight[2:]
+
+
+def test_unreadable_shard_is_skipped_and_counted(tmp_path, tok):
+  path = write_tar_shards(tmp_path / "shards", 8, 4)
+  (tmp_path / "shards" / "00001.tar").unlink()  # listed by the range, but gone
+  cfg = {**base_config(tmp_path),
+         "train": dict(name="web", format="webdataset", path=path, stream=True)}
+  batches, (it,) = stream_batches(cfg, tok, 1, 2, batch=4)
+  assert all(t in {caption(i) for i in range(4)} for b in batches for t in b)
+  assert it.stats()["bad_records/shard_unreadable"] >= 1
