@@ -95,3 +95,13 @@ def test_texts_in_examples_are_start_caption_end_padding():
   text = make(record, np.random.default_rng(0))["text"]
   assert text.tolist()[:5] == [tok.bos_id, *tok.tokenize("a red circle"), tok.eos_id]
   assert (text[5:] == tok.pad_id).all()
+
+
+def test_mean_and_std_fields_take_precedence():
+  tok = tokenizers.load("embedded")
+  config = data_config.default_config()
+  config.mean, config.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # None fields take any value
+  make = pipeline.ExampleMaker.from_config(data_config.resolve(config), tok, train=False)
+  record = {"image": np.full((8, 8, 3), 255, np.uint8), "captions": ["x"], "label": -1,
+            "scene": np.zeros(12, np.int32)}
+  np.testing.assert_allclose(make(record, None)["images"], 2.0)

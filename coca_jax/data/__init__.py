@@ -1,14 +1,17 @@
 """The input pipeline: datasets, preprocessing and resumable batch iterators.
 
 `config.data` fields (defaults in `config.py`; unknown fields are refused):
-  train           dataset spec, or a list (or name -> spec dict) of specs mixed by their
-                  `weight` with exact per-batch proportions (see sources.py for spec fields)
+  train           dataset spec, or a mixture: a dict of name -> spec (or a list of specs),
+                  mixed by their `weight` with exact per-batch proportions (spec fields:
+                  sources.py). A mixture written as a dict stays overridable from the command
+                  line (--config.data.train.NAME.weight=2).
   eval            dataset spec for evaluation (default: coca_shapes validation)
   data_dir        TFDS data dir; None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   tokenizer       spec for `coca_jax.tokenizers.load` ("embedded", "clip_bpe", a .model path)
   image_size      square side of the model's images
   text_length     tokens per text (start + caption + end, padded)
-  normalization   "openai_clip" | "imagenet" | "half" | "unit" | dict(mean=..., std=...)
+  normalization   "openai_clip" | "imagenet" | "half" | "unit"; or set `mean` and `std`
+                  (3 numbers each), which take precedence
   crop            training crop: "random_resized_crop" or "center" (eval always resizes the
                   shorter side, bicubic, then crops the centre)
   crop_scale, crop_ratio   random resized crop ranges (default (0.9, 1.0), (3/4, 4/3))
@@ -55,7 +58,7 @@ from coca_jax.data.sources import DatasetSpec, Source, parse_specs
 
 __all__ = ["build_train_iterator", "build_eval_iterator", "class_names", "zero_shot_templates",
            "caption_attribute_score", "caption_attribute_counts", "prepare", "default_config",
-           "DataIterator", "EvalIterator", "DatasetSpec"]
+           "eval_dataset", "DataIterator", "EvalIterator", "DatasetSpec"]
 
 
 def _eval_spec(data_config, dataset) -> DatasetSpec:

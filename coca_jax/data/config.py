@@ -8,7 +8,8 @@ DEFAULTS = dict(
     tokenizer="embedded",  # a spec for coca_jax.tokenizers.load
     image_size=32,
     text_length=24,
-    normalization="openai_clip",  # a name in preprocess.NORMALIZATIONS or dict(mean=, std=)
+    normalization="openai_clip",  # a name in preprocess.NORMALIZATIONS ...
+    mean=None, std=None,  # ... or 3 numbers each, which then take precedence
     crop="random_resized_crop",  # training crop; "center" for resize + centre crop
     crop_scale=(0.9, 1.0),  # random resized crop: area fraction (open_clip's training default)
     crop_ratio=(3 / 4, 4 / 3),  # and aspect ratio range

@@ -47,7 +47,8 @@ class ExampleMaker:
 
   @classmethod
   def from_config(cls, cfg, tokenizer, train: bool) -> "ExampleMaker":
-    mean, std = preprocess.mean_std(cfg["normalization"])
+    mean, std = preprocess.mean_std(
+        cfg["normalization"] if cfg["mean"] is None else {"mean": cfg["mean"], "std": cfg["std"]})
     return cls(cfg["image_size"], cfg["text_length"], tokenizer, mean, std,
                tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]),
                train and cfg["crop"] == "random_resized_crop", cfg["max_caption_chars"])
