@@ -16,6 +16,8 @@ Specs understood by `load`:
 
 Train a SentencePiece model from a dataset's captions:
   python -m coca_jax.tokenizers train --dataset=coca_shapes --vocab_size=1000 --output=x.model
+(the shipped coca_shapes.model was made by exactly this command: BPE, 580 pieces with byte
+fallback, pad=0 unk=1 bos=2 eos=3, case folded.)
 """
 import json
 from typing import Any, Optional
