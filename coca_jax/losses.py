@@ -19,11 +19,17 @@ def contrastive_loss(image_embed, text_embed, logit_scale):
   return (image_to_text + text_to_image) / 2
 
 
-def caption_loss(logits, labels, pad_id: int):
-  """Token-level mean next-token cross-entropy over the labels that are not padding."""
+def caption_loss_sum(logits, labels, pad_id: int):
+  """(sum of next-token cross-entropies over non-padding labels, number of such labels)."""
   weights = (labels != pad_id).astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+  return (losses * weights).sum(), weights.sum()
+
+
+def caption_loss(logits, labels, pad_id: int):
+  """Token-level mean next-token cross-entropy over the labels that are not padding."""
+  total, count = caption_loss_sum(logits, labels, pad_id)
+  return total / jnp.maximum(count, 1.0)
 
 
 def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,

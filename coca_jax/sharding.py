@@ -1,7 +1,8 @@
 """The device mesh and the rules that map logical axis names onto it.
 
-Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with params sharded),
-`tensor` (model parallel within a layer). Parameters shard their `embed` axis over fsdp and their
+Mesh axes: `slice` (data parallel across TPU slices, over the data-centre network), `data`
+(pure data parallel), `fsdp` (data parallel with params sharded), `tensor` (model parallel
+within a layer). Parameters shard their `embed` axis over fsdp and their
 mlp / heads / vocab axes over tensor; activations shard the batch over (data, fsdp).
 """
 from typing import Sequence, Tuple
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("slice", "data", "fsdp", "tensor")
 
 DEFAULT_RULES: Tuple[Tuple[str, object], ...] = (
     # parameters
@@ -29,7 +30,7 @@ DEFAULT_RULES: Tuple[Tuple[str, object], ...] = (
     ("patch_w", None),
     ("channels", None),
     # activations
-    ("act_batch", ("data", "fsdp")),
+    ("act_batch", ("slice", "data", "fsdp")),
     ("act_len", None),
     ("act_embed", None),
     ("act_mlp", "tensor"),
@@ -39,21 +40,40 @@ DEFAULT_RULES: Tuple[Tuple[str, object], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
-              devices=None) -> Mesh:
-  """A mesh of `shape` over the devices; one -1 entry takes the devices left over."""
+def make_mesh(shape, axis_names: Sequence[str] = None, devices=None) -> Mesh:
+  """A mesh over the devices. `shape` is a dict {axis: size} (the config's `mesh`) or a
+  sequence of sizes for `axis_names` (default: the last len(shape) of MESH_AXES); one -1 entry
+  takes the devices left over. With slice > 1 the outer axis spans TPU slices."""
   devices = jax.devices() if devices is None else devices
+  if hasattr(shape, "items"):
+    shape = dict(shape)
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+      raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
+    axis_names = MESH_AXES
+    shape = [shape.get(a, 1) for a in MESH_AXES]
+  axis_names = axis_names or MESH_AXES[len(MESH_AXES) - len(shape):]
   shape = list(shape)
   if shape.count(-1) > 1:
     raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if len(devices) % known:
-      raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+      raise ValueError(f"config.mesh {dict(zip(axis_names, shape))} does not divide the "
+                       f"{len(devices)} devices")
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, "
-                     f"{len(devices)} are available")
+    raise ValueError(f"config.mesh {dict(zip(axis_names, shape))} needs "
+                     f"{int(np.prod(shape))} devices, {len(devices)} are available")
+  if "slice" in axis_names and shape[axis_names.index("slice")] > 1:
+    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+    per_slice = list(shape)
+    per_slice[axis_names.index("slice")] = 1
+    dcn = [1] * len(shape)
+    dcn[axis_names.index("slice")] = shape[axis_names.index("slice")]
+    grid = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices)
+    return Mesh(grid, tuple(axis_names),
+                axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
   # Auto axes: XLA's partitioner propagates shardings from the logical constraints (GSPMD).
   return jax.make_mesh(tuple(shape), tuple(axis_names), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
@@ -69,3 +89,17 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
   """Shards the leading (batch) axis as `act_batch` says; other axes are replicated."""
   spec = nn.logical_to_mesh_axes(("act_batch",) + (None,) * (ndim - 1), rules)
   return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def global_batch(local_batch, mesh: Mesh, rules=DEFAULT_RULES):
+  """Process-local numpy arrays -> global jax arrays sharded over the batch axes."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, rules), x),
+      local_batch)
+
+
+def to_host(x) -> np.ndarray:
+  """A replicated (e.g. reduced) jax array as numpy, on any process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)

@@ -1,13 +1,14 @@
-"""Tiny CoCa that trains in minutes on a CPU (paper layout: cascade poolers, one MLP per
-multimodal layer).
+"""Tiny CoCa that trains in minutes on a CPU, on the embedded coca_shapes dataset (paper
+layout: cascade poolers, one MLP per multimodal layer).
 
+  python train.py --config=configs/tiny.py --workdir=/tmp/coca_tiny
   python -m coca_jax.model.summary --config=configs/tiny.py
 """
-import ml_collections
+from coca_jax.train_config import base_config
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
+  config = base_config()
   config.model = dict(
       vision=dict(image_size=32, patch_size=4, width=64, depth=2, num_heads=2, mlp_dim=256),
       pooler=dict(layout="cascade", num_queries=16, num_heads=2),
@@ -16,4 +17,15 @@ def get_config():
       decoder=dict(depth=2, num_heads=2, mlp_dim=256),
       embed_dim=64,
   )
+  config.data = dict(train=dict(name="coca_shapes", split="train"),
+                     eval=dict(name="coca_shapes", split="validation"),
+                     tokenizer="embedded", image_size=32, text_length=24)
+  config.num_train_steps = 1500
+  config.global_batch_size = 64
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.warmup_fraction = 0.05
+  config.checkpoint.every_steps = 500
+  config.log_every_steps = 100
+  config.eval_every_steps = 500
+  config.evals.batch_size = 250
   return config

@@ -23,7 +23,7 @@ def test_sharded_forward_and_loss_equal_single_device():
 
   ref_out, ref_loss = jax.jit(loss_fn)(reference, images, text)
 
-  mesh = sharding.make_mesh((2, 2, 2))
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   abstract = jax.eval_shape(model.init, key, images, text)
   param_shardings = sharding.logical_shardings(abstract, mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):

@@ -1,0 +1,51 @@
+"""Validation losses (contrastive, caption, total) over an eval iterator."""
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+
+from coca_jax import losses, sharding
+
+
+class ValidationLossEvaluator:
+  """Losses of the whole eval split. The contrastive loss is averaged over eval batches (its
+  value depends on the batch size: each batch is one set of negatives)."""
+
+  def __init__(self, model, mesh, eval_iter, *, pad_id: int, contrastive_weight: float,
+               caption_weight: float, prefix: str = "val"):
+    self.mesh, self.eval_iter, self.prefix = mesh, eval_iter, prefix
+
+    def batch_losses(params, images, text, mask):
+      out = model.apply({"params": params}, images, text)
+      # Padded examples drop out of both losses: their text is all padding (no caption
+      # targets) and they are removed from the contrastive logits by a large negative bias.
+      logits = out["logit_scale"] * out["image_embed"] @ out["text_embed"].T
+      valid = mask[:, None] & mask[None, :]
+      logits = jnp.where(valid, logits, -1e9)
+      diag = jnp.diagonal(logits)
+      i2t = jax.nn.logsumexp(logits, axis=1) - diag
+      t2i = jax.nn.logsumexp(logits, axis=0) - diag
+      n = jnp.maximum(mask.sum(), 1)
+      con = ((i2t + t2i) / 2 * mask).sum() / n
+      labels = jnp.where(mask[:, None], text[:, 1:], pad_id)
+      cap_sum, cap_count = losses.caption_loss_sum(out["logits"][:, :-1], labels, pad_id)
+      return con, cap_sum, cap_count
+
+    self._losses = jax.jit(batch_losses)
+    self._weights = (contrastive_weight, caption_weight)
+
+  def run(self, params) -> Dict[str, float]:
+    con_total = cap_sum = cap_count = 0.0
+    batches = 0
+    for batch in self.eval_iter:
+      g = sharding.global_batch({k: batch[k] for k in ("images", "text", "mask")}, self.mesh)
+      con, s, c = self._losses(params, g["images"], g["text"], g["mask"])
+      con_total, cap_sum, cap_count = con_total + con, cap_sum + s, cap_count + c
+      batches += 1
+    con_total, cap_sum, cap_count = (
+        float(sharding.to_host(x))
+        for x in (con_total, cap_sum, cap_count))
+    con = con_total / max(batches, 1)
+    cap = cap_sum / max(cap_count, 1.0)
+    return {f"{self.prefix}/contrastive": con, f"{self.prefix}/caption": cap,
+            f"{self.prefix}/total": self._weights[0] * con + self._weights[1] * cap}

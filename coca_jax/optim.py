@@ -1,0 +1,100 @@
+"""The optimizer: AdamW or the paper's Adafactor, a warmup + decay schedule, gradient clipping,
+and weight decay on weight matrices only.
+
+`config.optimizer` fields:
+  name            "adamw" | "adafactor"
+  learning_rate   peak learning rate
+  warmup_fraction linear warmup over this fraction of the steps (or `warmup_steps` if > 0)
+  decay           "linear" | "cosine" | "constant", from the peak to `end_learning_rate`
+  b1, b2, eps     moment decay rates; eps (AdamW only)
+  weight_decay    decoupled weight decay λ
+  grad_clip_norm  global-norm gradient clipping (0: none)
+
+The Adafactor of the paper (β1 = 0.9, constant β2 = 0.999, decoupled weight decay) is not
+optax's `adafactor` default, which uses β2_t = 1 - t^-0.8, multiplies updates by the parameter's
+scale, clips updates, and has no momentum. Here, for gradient g_t of a weight W (r x c):
+  R_t = β̂2_t R_{t-1} + (1 - β̂2_t) rowmean(g_t² + 1e-30)   (factored second moment;
+  C_t = β̂2_t C_{t-1} + (1 - β̂2_t) colmean(g_t² + 1e-30)    vectors and small dims unfactored)
+  v̂_t = R_t C_tᵀ / mean(R_t),   u_t = g_t / sqrt(v̂_t)
+  β̂2_t = β2 (1 - β2^(t-1)) / (1 - β2^t)   (a constant β2 with Adam's bias correction)
+  m_t = β1 m_{t-1} + (1 - β1) u_t,   m̂_t = m_t / (1 - β1^t)
+  W_t = W_{t-1} - η_t (m̂_t + λ W_{t-1})
+with η_t the schedule (warmup, then decay). Weight decay is decoupled from the gradient
+statistics and scales with the schedule: the decay applied at step t is η_t·λ. AdamW follows
+the same last line with Adam's m̂_t / (sqrt(v̂_t) + eps).
+
+No weight decay on biases, norms, embeddings (token, position), the CLS and class tokens, the
+poolers' queries or the temperature: only leaves named `kernel` or `proj` decay.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+DECAYED_LEAF_NAMES = ("kernel", "proj")
+
+
+def weight_decay_mask(params) -> Any:
+  """True for the weight matrices that decay, False for everything else."""
+  def decays(path, _):
+    return getattr(path[-1], "key", None) in DECAYED_LEAF_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def schedule(opt_config, num_steps: int) -> optax.Schedule:
+  """Linear warmup to the peak, then linear / cosine decay (or constant) to the end value."""
+  peak = opt_config.learning_rate
+  end = opt_config.get("end_learning_rate", 0.0)
+  warmup = opt_config.get("warmup_steps", 0) or int(round(opt_config.warmup_fraction * num_steps))
+  warmup = min(max(warmup, 0), num_steps)
+  rest = max(num_steps - warmup, 1)
+  decay = opt_config.get("decay", "linear")
+  if decay == "linear":
+    after = optax.linear_schedule(peak, end, rest)
+  elif decay == "cosine":
+    after = optax.cosine_decay_schedule(peak, rest, alpha=end / peak if peak else 0.0)
+  elif decay == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"config.optimizer.decay: {decay!r} is not linear, cosine or constant")
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def _debiased_constant_decay(b2: float):
+  """optax's decay_rate_fn for a constant β2 with Adam-style bias correction."""
+  def rate(i, _):
+    t = jnp.asarray(i + 1, jnp.float32)
+    return b2 * (1 - b2 ** (t - 1)) / (1 - b2 ** t)
+  return rate
+
+
+def paper_adafactor(learning_rate, b1=0.9, b2=0.999, weight_decay=0.01, mask=None,
+                    min_dim_size_to_factor=128) -> optax.GradientTransformation:
+  """Adafactor as the CoCa paper uses it (formula in this module's docstring)."""
+  return optax.chain(
+      optax.scale_by_factored_rms(factored=True, decay_rate=b2, step_offset=0,
+                                  min_dim_size_to_factor=min_dim_size_to_factor,
+                                  epsilon=1e-30, decay_rate_fn=_debiased_constant_decay(b2)),
+      optax.ema(b1, debias=True),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def create_optimizer(opt_config, num_steps: int, params) -> optax.GradientTransformation:
+  lr = schedule(opt_config, num_steps)
+  mask = weight_decay_mask(params)
+  name = opt_config.name
+  if name == "adamw":
+    tx = optax.adamw(lr, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.get("eps", 1e-8),
+                     weight_decay=opt_config.weight_decay, mask=mask)
+  elif name == "adafactor":
+    tx = paper_adafactor(lr, b1=opt_config.b1, b2=opt_config.b2,
+                         weight_decay=opt_config.weight_decay, mask=mask)
+  else:
+    raise ValueError(f"config.optimizer.name: {name!r} is not adamw or adafactor")
+  clip = opt_config.get("grad_clip_norm", 0.0)
+  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx

@@ -1,0 +1,291 @@
+"""CoCa pretraining: `train_and_evaluate(config, workdir)`, the whole run top to bottom.
+
+config -> processes and mesh -> data -> model and sharded train state (fresh, resumed from the
+workdir, or params from `init_from`) -> one jitted, donated train step -> loop with metrics,
+checkpoints, evaluation and preemption handling -> final evaluation.
+"""
+import json
+import math
+import signal
+import time
+from typing import Any, Dict, Optional
+
+from absl import logging
+from clu import metric_writers
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coca_jax import checkpoint, config_checks, data, distributed, optim, sharding
+from coca_jax import tokenizers, train_step as train_step_lib
+from coca_jax.evals import run_evaluators
+from coca_jax.model import create_model
+from coca_jax.model.summary import count_params
+
+
+class NonFiniteError(FloatingPointError):
+  """A step's loss or gradient was NaN or Inf."""
+
+
+def _print(message: str):
+  """Progress for people: process 0 only, flushed at once."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _drop_misranked_names(tree):
+  """Optimizer statistics whose shape differs from their param (Adafactor's factored rows and
+  columns) inherit the param's axis names; they are small, so they stay replicated."""
+  def fix(x):
+    if isinstance(x, nn.Partitioned) and len(x.names) != len(x.value.shape):
+      return x.value
+    return x
+  return jax.tree.map(fix, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def train_and_evaluate(config, workdir) -> Dict[str, Any]:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns the final
+  metrics. Every process runs this same function."""
+  # --- processes, config, workdir ------------------------------------------------------
+  distributed.initialize(config.distributed)
+  config_checks.check(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=jax.process_index() > 0)
+
+  # --- mesh and logical axis rules ------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                for name, axes in config.logical_rules)
+  logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
+
+  # --- data ----------------------------------------------------------------------------
+  tokenizer = tokenizers.load(config.data.tokenizer)
+  model_cfg = config.model
+  if tokenizer.vocab_size > model_cfg.text.vocab_size:
+    raise ValueError(f"config.model.text.vocab_size {model_cfg.text.vocab_size} is smaller "
+                     f"than the tokenizer's vocabulary ({tokenizer.vocab_size})")
+  if tokenizer.pad_id != model_cfg.text.pad_id:
+    raise ValueError(f"config.model.text.pad_id {model_cfg.text.pad_id} differs from the "
+                     f"tokenizer's pad id {tokenizer.pad_id}")
+  if jax.process_index() == 0:
+    data.prepare(config.data)  # generate / convert once, before the others read
+  _barrier("data_prepared")
+  train_iter = data.build_train_iterator(
+      config.data, global_batch_size=config.global_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      tokenizer=tokenizer)
+
+  # --- model and sharded train state ----------------------------------------------------
+  model = create_model(config.model, deterministic=config.model.get("dropout_rate", 0) == 0)
+  cfg = model.cfg
+  size, length = cfg.vision.image_size, config.data.text_length
+  example = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
+  abstract_params = jax.eval_shape(lambda k: model.init(k, *example)["params"],
+                                   jax.random.key(0))
+  tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
+                              nn.unbox(abstract_params))
+  schedule = optim.schedule(config.optimizer, config.num_train_steps)
+
+  def init_boxed(rng):
+    params = model.init(rng, *example)["params"]
+    return train_step_lib.init_state(params, tx)
+
+  boxed_state = _drop_misranked_names(jax.eval_shape(init_boxed, jax.random.key(0)))
+  state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed_state), state_shardings)
+  counts = count_params(config.model)
+  _print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()
+                                   if k != "logit_scale"))
+
+  manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep,
+                                    config.checkpoint.async_save)
+  state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
+  if state is not None:
+    _print(f"resumed from {workdir}/checkpoints/{start_step}")
+  else:
+    start_step = 0
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      state = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)(
+          jax.random.key(config.seed))
+    if config.init_from:
+      state = _init_from(config, state, state_shardings, tx)
+
+  # --- the train step, compiled ahead of time -------------------------------------------
+  step_fn = train_step_lib.make_train_step(
+      model, tx, schedule, pad_id=cfg.text.pad_id,
+      contrastive_weight=config.loss.contrastive_weight,
+      caption_weight=config.loss.caption_weight, accum_steps=config.grad_accum_steps,
+      seed=config.seed)
+  batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
+                     "text": sharding.batch_sharding(mesh, 2, rules)}
+  abstract_batch = {
+      "images": jax.ShapeDtypeStruct((config.global_batch_size, size, size, 3), jnp.float32,
+                                     sharding=batch_shardings["images"]),
+      "text": jax.ShapeDtypeStruct((config.global_batch_size, length), jnp.int32,
+                                   sharding=batch_shardings["text"])}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    t0 = time.perf_counter()
+    compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                       out_shardings=(state_shardings, None), donate_argnums=(0,)).lower(
+                           abstract_state, abstract_batch).compile()
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    _print(f"train step compiled in {time.perf_counter() - t0:.1f}s; memory per device "
+           f"{total / 2**20:.1f} MiB (arguments {memory.argument_size_in_bytes / 2**20:.1f}, "
+           f"temporaries {memory.temp_size_in_bytes / 2**20:.1f})")
+
+  # --- evaluators ------------------------------------------------------------------------
+  evaluators = _build_evaluators(config, model, mesh, tokenizer)
+
+  # --- preemption ------------------------------------------------------------------------
+  stop = {"signal": None}
+
+  def on_sigterm(signum, _):
+    stop["signal"] = signum
+  previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+  # --- the loop --------------------------------------------------------------------------
+  num_steps = config.num_train_steps
+  history = []
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  last_wait = train_iter.input_wait_s
+  inject = config.debug.inject_nan_at_step
+  step = start_step
+  final_metrics: Dict[str, Any] = {}
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      while step < num_steps:
+        local = next(train_iter)
+        if step == inject:
+          local = {**local, "images": np.full_like(local["images"], np.nan)}
+        state, metrics = compiled(state, sharding.global_batch(local, mesh, rules))
+        step += 1
+        history.append(metrics)
+        is_last = step == num_steps
+        preempted = stop["signal"] is not None or manager.reached_preemption(step)
+
+        if step % config.log_every_steps == 0 or is_last or preempted:
+          _check_finite(state, step, config.nonfinite)
+          now = time.perf_counter()
+          summary = _summarise(history, train_iter, now - last_log_time,
+                               step - last_log_step, train_iter.input_wait_s - last_wait,
+                               config.global_batch_size, num_steps - step)
+          writer.write_scalars(step, summary)
+          _print(_progress_line(step, num_steps, summary))
+          history, last_log_time, last_log_step = [], now, step
+          last_wait = train_iter.input_wait_s
+
+        if preempted:
+          _check_finite(state, step, config.nonfinite)
+          checkpoint.save(manager, step, state, train_iter, force=True)
+          manager.wait_until_finished()
+          _print(f"preempted at step {step}: checkpoint saved; run the same command to "
+                 f"resume from {workdir}")
+          return {"preempted_at_step": step}
+
+        if step % config.checkpoint.every_steps == 0 or is_last:
+          _check_finite(state, step, config.nonfinite)
+          checkpoint.save(manager, step, state, train_iter, force=is_last)
+
+        if (config.eval_every_steps and step % config.eval_every_steps == 0
+            and not is_last):
+          results = run_evaluators(evaluators, state["params"], final=False)
+          writer.write_scalars(step, {k: v for k, v in results.items()
+                                      if isinstance(v, (int, float))})
+          _print(f"eval at step {step}: " + _format(results))
+    manager.wait_until_finished()
+
+    # --- final evaluation ------------------------------------------------------------------
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      final_metrics = run_evaluators(evaluators, state["params"], final=True,
+                                     workdir=workdir, writer=writer, step=step)
+    writer.write_scalars(step, {k: v for k, v in final_metrics.items()
+                                if isinstance(v, (int, float))})
+    writer.flush()
+    if jax.process_index() == 0:
+      (workdir / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2))
+    return final_metrics
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    manager.close()
+    train_iter.close()
+
+
+# --- helpers of the loop ---------------------------------------------------------------------
+
+def _barrier(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _init_from(config, state, state_shardings, tx):
+  """Params from a checkpoint, an export or a converted open_clip model; fresh optimizer."""
+  params, source_config = checkpoint.load_params(config.init_from)
+  params = checkpoint.adapt_params(params, source_config, config.model)
+  expected = jax.tree.map(lambda x: x.shape, state["params"])
+  got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
+  if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+    raise ValueError(f"config.init_from={config.init_from}: its params do not fit this "
+                     "model config (different architecture)")
+  params = jax.device_put(params, state_shardings["params"])
+  new_state = jax.jit(lambda p: train_step_lib.init_state(p, tx),
+                      out_shardings=state_shardings)(params)
+  _print(f"initialised params from {config.init_from}")
+  return new_state
+
+
+def _check_finite(state, step: int, mode: str):
+  nonfinite = jax.tree.map(lambda x: int(sharding.to_host(x)), state["nonfinite"])
+  if nonfinite["count"] == 0:
+    return
+  message = (f"non-finite loss or gradient at step {nonfinite['first_step'] + 1} "
+             f"({nonfinite['count']} such step(s) so far, up to step {step}); those updates "
+             "were not applied")
+  if mode == "error":
+    raise NonFiniteError(message + ". Set config.nonfinite='skip' to drop such updates and "
+                         "go on.")
+  logging.warning(message)
+
+
+def _summarise(history, train_iter, elapsed, steps, waited, batch, remaining):
+  metrics = jax.tree.map(lambda *xs: float(np.mean([sharding.to_host(x) for x in xs])),
+                         *history)
+  step_time = elapsed / max(steps, 1)
+  metrics.update({"step_time_s": step_time, "examples_per_s": batch / step_time,
+                  "input_wait_fraction": waited / max(elapsed, 1e-9),
+                  "eta_s": remaining * step_time})
+  for key, value in train_iter.stats().items():
+    if key.startswith("bad_records"):
+      metrics[f"data/{key}"] = float(value)
+  return metrics
+
+
+def _progress_line(step, num_steps, m) -> str:
+  eta = m["eta_s"]
+  return (f"step {step}/{num_steps} | loss {m['loss/total']:.4f} (con {m['loss/contrastive']:.4f}"
+          f", cap {m['loss/caption']:.4f}) | lr {m['learning_rate']:.2e} | "
+          f"temp {m['logit_scale']:.2f} | gnorm {m['grad_norm']:.3f} | "
+          f"{m['examples_per_s']:.1f} ex/s | {m['step_time_s'] * 1e3:.0f} ms/step | "
+          f"input wait {100 * m['input_wait_fraction']:.1f}% | "
+          f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+
+
+def _format(results: Dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                   for k, v in results.items() if not isinstance(v, (list, dict)))
+
+
+def _build_evaluators(config, model, mesh, tokenizer):
+  from coca_jax.evals import build  # pylint: disable=import-outside-toplevel
+  return build(config, model, mesh, tokenizer)

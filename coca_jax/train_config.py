@@ -1,0 +1,36 @@
+"""The training fields every config shares, with their defaults. Config files start from
+`base_config()` and set `model`, `data` and what differs."""
+import ml_collections
+from ml_collections import config_dict
+
+from coca_jax import sharding
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_train_steps = 1000
+  c.global_batch_size = 64
+  # Micro-batches per step; the contrastive loss still spans the whole global batch.
+  c.grad_accum_steps = 1
+  c.loss = dict(contrastive_weight=1.0, caption_weight=2.0)
+  c.optimizer = dict(name="adamw", learning_rate=1e-3, warmup_fraction=0.02, warmup_steps=0,
+                     decay="cosine", end_learning_rate=0.0, b1=0.9, b2=0.98, eps=1e-6,
+                     weight_decay=0.1, grad_clip_norm=1.0)
+  # Mesh axis sizes; -1 takes the devices left over. `slice` spans TPU slices (DCN).
+  c.mesh = dict(slice=1, data=-1, fsdp=1, tensor=1)
+  c.logical_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
+  c.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
+  c.log_every_steps = 50
+  c.eval_every_steps = 500  # 0: only at the end
+  c.evals = dict(zeroshot=True, val_loss=True, captions=True, batch_size=256,
+                 num_caption_examples=256, max_caption_length=0, gallery=8)
+  # Params-only initialisation (a checkpoint, an export or a converted open_clip model).
+  c.init_from = ""
+  c.debug = dict(inject_nan_at_step=-1)  # tests: NaN images at this step
+  c.nonfinite = "error"  # "error": stop naming the step; "skip": drop that update and go on
+  c.distributed = dict(enabled="auto", coordinator_address="",
+                       num_processes=config_dict.placeholder(int),
+                       process_id=config_dict.placeholder(int),
+                       initialization_timeout_s=300, heartbeat_timeout_s=100)
+  return c

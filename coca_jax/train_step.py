@@ -1,0 +1,139 @@
+"""One training step: losses, gradients (optionally accumulated over micro-batches without
+shrinking the contrastive loss's negatives), the optimizer update, and non-finite protection.
+
+The train state is a plain dict: {"params", "opt_state", "step", "nonfinite"}; "nonfinite"
+counts the steps whose loss or gradient was NaN/Inf (their update is not applied) and keeps the
+first such step, so the host can stop with the step's number without a sync every step.
+"""
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from coca_jax import losses
+
+State = Dict[str, Any]
+
+
+def init_state(params, tx: optax.GradientTransformation) -> State:
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+          "nonfinite": {"count": jnp.zeros((), jnp.int32),
+                        "first_step": jnp.full((), -1, jnp.int32)}}
+
+
+def _apply(model, params, batch, rng):
+  return model.apply({"params": params}, batch["images"], batch["text"],
+                     rngs={"dropout": rng} if not model.deterministic else None)
+
+
+def full_batch_grads(model, params, batch, rng, *, pad_id, weights):
+  """Loss parts and gradients of the whole batch in one pass."""
+  def loss_fn(p):
+    parts = losses.coca_loss(_apply(model, p, batch, rng), batch["text"], pad_id=pad_id,
+                             contrastive_weight=weights[0], caption_weight=weights[1])
+    return parts["total"], parts
+  (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return parts, grads
+
+
+def _split(batch, k):
+  """(B, ...) -> (k, B/k, ...), micro-batch j holding examples j, j+k, ... so that each
+  micro-batch keeps the batch's sharding over devices."""
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps):
+  """The full-batch gradient, computed over `accum_steps` micro-batches (GradCache / BASIC).
+
+  Summing per-micro-batch contrastive gradients would be wrong: each micro-batch would see
+  only its own negatives. Instead: (1) embed every micro-batch without gradients; (2) take the
+  full-batch contrastive loss and its gradient with respect to the embeddings and the
+  temperature; (3) backpropagate each micro-batch through the surrogate
+  <dL/d(embeddings), embeddings> + caption loss share, whose parameter gradient is exactly that
+  micro-batch's share of the full-batch gradient.
+  """
+  k = accum_steps
+  micro = _split(batch, k)
+  rngs = jax.random.split(rng, k)
+  w_con, w_cap = weights
+
+  def embed(args):
+    mb, r = args
+    out = _apply(model, params, mb, r)
+    return out["image_embed"], out["text_embed"], out["logit_scale"]
+
+  image_embed, text_embed, scales = jax.lax.map(embed, (micro, rngs))
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  contrastive, embed_grads = jax.value_and_grad(losses.contrastive_loss, argnums=(0, 1, 2))(
+      flat(image_embed), flat(text_embed), scales[0])
+  grad_image = embed_grads[0].reshape(image_embed.shape)
+  grad_text = embed_grads[1].reshape(text_embed.shape)
+  grad_scale = embed_grads[2]
+  n_labels = jnp.maximum((batch["text"][:, 1:] != pad_id).sum().astype(jnp.float32), 1.0)
+
+  def micro_step(acc, args):
+    mb, g_img, g_txt, r = args
+
+    def surrogate(p):
+      out = _apply(model, p, mb, r)
+      con = ((out["image_embed"] * g_img).sum() + (out["text_embed"] * g_txt).sum()
+             + grad_scale / k * out["logit_scale"])
+      cap_sum, _ = losses.caption_loss_sum(out["logits"][:, :-1], mb["text"][:, 1:], pad_id)
+      return w_con * con + w_cap * cap_sum / n_labels, cap_sum
+
+    grads, cap_sum = jax.grad(surrogate, has_aux=True)(params)
+    return jax.tree.map(jnp.add, acc, grads), cap_sum
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, cap_sums = jax.lax.scan(micro_step, zeros, (micro, grad_image, grad_text, rngs))
+  caption = cap_sums.sum() / n_labels
+  parts = {"total": w_con * contrastive + w_cap * caption, "contrastive": contrastive,
+           "caption": caption}
+  return parts, grads
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, *,
+                    pad_id: int, contrastive_weight: float = 1.0, caption_weight: float = 2.0,
+                    accum_steps: int = 1, seed: int = 0) -> Callable:
+  """train_step(state, batch) -> (state, metrics); jit it with donated state."""
+  weights = (contrastive_weight, caption_weight)
+
+  def train_step(state: State, batch) -> Tuple[State, Dict[str, jax.Array]]:
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+    params = state["params"]
+    if accum_steps > 1:
+      parts, grads = accumulated_grads(model, params, batch, rng, pad_id=pad_id,
+                                       weights=weights, accum_steps=accum_steps)
+    else:
+      parts, grads = full_batch_grads(model, params, batch, rng, pad_id=pad_id,
+                                      weights=weights)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    # A non-finite step leaves params and optimizer state as they were.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    nonfinite = state["nonfinite"]
+    bad = jnp.logical_not(finite)
+    new_state = {
+        "params": keep(new_params, params),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": step + 1,
+        "nonfinite": {
+            "count": nonfinite["count"] + bad.astype(jnp.int32),
+            "first_step": jnp.where(bad & (nonfinite["first_step"] < 0), step,
+                                    nonfinite["first_step"]),
+        },
+    }
+    scale = model.apply({"params": params}, method="get_logit_scale")
+    metrics = {**{f"loss/{k}": v for k, v in parts.items()}, "grad_norm": grad_norm,
+               "learning_rate": schedule(step), "logit_scale": scale,
+               "finite": finite.astype(jnp.float32)}
+    return new_state, metrics
+
+  return train_step
