@@ -2,16 +2,18 @@
 (256 queries, 8 heads), the legacy CLS padding mask, two MLPs per multimodal layer, untied
 output projection, 76-token context, 638.45M params.
 
+Fine-tune converted weights (params-only init):
+  python train.py --config=configs/openclip_l14.py --workdir=/tmp/ft --config.init_from=DIR
 Convert open_clip weights (e.g. the LAION-2B `laion2b_s13b_b90k` file) and check the count:
   python -m coca_jax.convert.open_clip --input=open_clip_model.safetensors \
       --config=configs/openclip_l14.py --output=/tmp/coca_l14
   python -m coca_jax.model.summary --config=configs/openclip_l14.py
 """
-import ml_collections
+from coca_jax.train_config import base_config
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
+  config = base_config()
   config.model = dict(
       vision=dict(image_size=224, patch_size=14, width=1024, depth=24, num_heads=16,
                   mlp_dim=4096, class_token=True, pre_norm=True, patch_bias=False),
@@ -23,4 +25,12 @@ def get_config():
       embed_dim=768,
       layer_norm_eps=1e-5,
   )
+  # Fine-tuning defaults: open_clip's tokenizer and preprocessing; the embedded dataset until
+  # `data.train` / `data.eval` point at your own (see coca_jax/data/sources.py).
+  config.data = dict(train=dict(name="coca_shapes", split="train"),
+                     eval=dict(name="coca_shapes", split="validation"),
+                     tokenizer="clip_bpe", image_size=224, text_length=76,
+                     normalization="openai_clip")
+  config.optimizer.learning_rate = 1e-5
+  config.evals.captions = False
   return config

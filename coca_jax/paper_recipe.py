@@ -1,0 +1,50 @@
+"""The CoCa paper's pretraining recipe (section 4.1), shared by configs/coca_{base,large,2b}.py.
+
+Global batch 65,536 for 500k steps; Adafactor with β1 = 0.9, β2 = 0.999 and decoupled weight
+decay 0.01 (the exact update is in coca_jax/optim.py); learning rate warmed up linearly over the
+first 2% of steps to 8e-4, then decayed linearly; λ_con = 1, λ_cap = 2; 288 px images with 18 px
+patches; a 64k SentencePiece vocabulary; fully-sharded data parallel over the whole pod.
+
+The paper's data are JFT-3B (class names turned into text by templates) and ALIGN, half of each
+batch from each. Neither is public: `data` below mixes two datasets of your own the same way
+(replace the paths). `smoke=True` swaps in the embedded dataset and tokenizer for a short
+CPU run of the real architecture.
+"""
+from coca_jax.train_config import base_config
+
+
+def paper_config(model: dict, smoke: bool = False):
+  config = base_config()
+  config.model = model
+  config.global_batch_size = 65536
+  config.num_train_steps = 500_000
+  config.optimizer = dict(name="adafactor", learning_rate=8e-4, warmup_fraction=0.02,
+                          warmup_steps=0, decay="linear", end_learning_rate=0.0, b1=0.9,
+                          b2=0.999, eps=1e-30, weight_decay=0.01, grad_clip_norm=0.0)
+  config.loss = dict(contrastive_weight=1.0, caption_weight=2.0)
+  config.mesh = dict(slice=1, data=1, fsdp=-1, tensor=1)  # FSDP across the pod
+  config.checkpoint = dict(every_steps=2000, max_to_keep=3, async_save=True)
+  config.log_every_steps = 100
+  config.eval_every_steps = 10_000
+  text_length = model["text"]["context_length"]
+  if smoke:
+    config.data = dict(train=dict(name="coca_shapes", split="train"),
+                       eval=dict(name="coca_shapes", split="validation"),
+                       tokenizer="embedded", image_size=288, text_length=text_length)
+    config.evals.captions = False
+    config.evals.batch_size = 8
+  else:
+    config.data = dict(
+        train=dict(
+            # JFT-like: a labelled image dataset, class names turned into captions.
+            classification=dict(name="my_classification_dataset", format="tfds",
+                                label_key="label", templates="clip", weight=0.5),
+            # ALIGN-like: noisy image alt-text pairs, e.g. img2dataset webdataset shards.
+            image_text=dict(name="my_alt_text", format="webdataset", stream=True,
+                            path="gs://my-bucket/alt_text/{00000..99999}.tar", weight=0.5),
+        ),
+        eval=dict(name="imagenet2012", split="validation", label_key="label",
+                  templates="clip"),
+        tokenizer="gs://my-bucket/tokenizers/coca_64k.model",
+        image_size=288, text_length=text_length)
+  return config
