@@ -57,8 +57,17 @@ class MultiHeadAttention(nn.Module):
   implementation: Optional[str] = None
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, mask=None):
-    """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv), mask bool broadcastable to (B, 1, T, S)."""
+  def __call__(self, inputs_q, inputs_kv, mask=None, cache=None):
+    """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv), mask bool broadcastable to (B, 1, T, S).
+
+    Decoding (`coca_jax.decode`) passes a `cache` dict and gets (out, cache) back:
+      {"key", "value", "index"}: self-attention over cached keys/values (B, S, H, D), after
+          writing inputs_kv's own at position `index` (`mask` hides the unwritten ones);
+      {"key", "value"}: cross-attention to keys/values computed at an earlier step (inputs_kv
+          unused); when they have fewer rows than the queries, each serves a group of
+          consecutive rows (the beams of one image) so they are never copied per beam;
+      {}: inputs_kv's keys/values are computed and returned, for the steps after.
+    """
     width = self.width or inputs_q.shape[-1]
     head_dim = width // self.num_heads
 
@@ -66,11 +75,26 @@ class MultiHeadAttention(nn.Module):
       return HeadsProjection(self.num_heads, head_dim, self.use_bias, self.dtype, name=name)(x)
 
     q = project("query", inputs_q)
-    k = project("key", inputs_kv)
-    v = project("value", inputs_kv)
+    if cache and "index" not in cache:
+      k, v = cache["key"], cache["value"]
+    else:
+      k = project("key", inputs_kv)
+      v = project("value", inputs_kv)
+      if cache:
+        write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
+            c, x.astype(c.dtype), cache["index"], axis=1)
+        k, v = write(cache["key"], k), write(cache["value"], v)
     q = P.constrain(q, ("act_batch", "act_len", "act_heads", "act_kv"))
     k = P.constrain(k, ("act_batch", "act_len", "act_heads", "act_kv"))
     v = P.constrain(v, ("act_batch", "act_len", "act_heads", "act_kv"))
+    groups = q.shape[0] // k.shape[0]
+    if groups > 1:  # the rows of a group attend to the same keys: stack their queries
+      q = q.reshape((k.shape[0], groups * q.shape[1]) + q.shape[2:])
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+    if groups > 1:
+      out = out.reshape(inputs_q.shape[:2] + out.shape[2:])
     out = OutputProjection(width, self.dtype, name="out")(out)
-    return P.constrain(out, ("act_batch", "act_len", "act_embed"))
+    out = P.constrain(out, ("act_batch", "act_len", "act_embed"))
+    if cache is None:
+      return out
+    return out, {"key": k, "value": v}

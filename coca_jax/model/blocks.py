@@ -1,7 +1,9 @@
 """Pre-LayerNorm transformer layers and the stack that runs them (scanned or unrolled).
 
 A layer's __call__ takes (x, aux) and returns (x, None), the signature nn.scan expects; aux is a
-tuple of inputs shared by every layer (attention mask, cross-attention context).
+tuple of inputs shared by every layer (attention mask, cross-attention context). Decoding one
+position at a time (`coca_jax.decode`) adds the layer's cache: (x, aux, cache) -> (x, the cache
+entries it rewrote); aux then ends with the position.
 """
 from typing import Any, Optional
 
@@ -41,18 +43,24 @@ class SelfAttentionBlock(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, cache=None, index=None):
+    """-> x; with `cache` ({"key", "value"}, decoding position `index`) -> (x, cache)."""
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
     y = layer_norm(cfg, "ln_1")(x)
-    y = MultiHeadAttention(self.num_heads, use_bias=cfg.qkv_bias, dtype=compute_dtype(cfg),
-                           implementation=cfg.attention_impl, name="attn")(y, y, mask)
+    attn = MultiHeadAttention(self.num_heads, use_bias=cfg.qkv_bias, dtype=compute_dtype(cfg),
+                              implementation=cfg.attention_impl, name="attn")
+    if cache is None:
+      y = attn(y, y, mask)
+    else:
+      y, cache = attn(y, y, mask, cache=dict(cache, index=index))
     x = x + drop(y)
     if self.has_mlp:
       y = layer_norm(cfg, "ln_2")(x)
       y = Mlp(self.mlp_dim, cfg.exact_gelu, compute_dtype(cfg), name="mlp")(y)
       x = x + drop(y)
-    return P.constrain(x, ("act_batch", "act_len", "act_embed"))
+    x = P.constrain(x, ("act_batch", "act_len", "act_embed"))
+    return x if cache is None else (x, cache)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -63,18 +71,25 @@ class CrossAttentionBlock(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, context):
+  def __call__(self, x, context, cache=None):
+    """-> x; with `cache` (decoding) -> (x, cache): {} computes the context's keys and values
+    (once per image), {"key", "value"} reuses them and leaves `context` unused."""
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
     q = layer_norm(cfg, "ln_1")(x)
-    kv = layer_norm(cfg, "ln_1_kv")(context)
-    y = MultiHeadAttention(self.num_heads, use_bias=cfg.qkv_bias, dtype=compute_dtype(cfg),
-                           implementation=cfg.attention_impl, name="attn")(q, kv)
+    kv = layer_norm(cfg, "ln_1_kv")(context) if not cache else None
+    attn = MultiHeadAttention(self.num_heads, use_bias=cfg.qkv_bias, dtype=compute_dtype(cfg),
+                              implementation=cfg.attention_impl, name="attn")
+    if cache is None:
+      y = attn(q, kv)
+    else:
+      y, cache = attn(q, kv, cache=cache)
     x = x + drop(y)
     y = layer_norm(cfg, "ln_2")(x)
     y = Mlp(self.mlp_dim, cfg.exact_gelu, compute_dtype(cfg), name="mlp")(y)
     x = x + drop(y)
-    return P.constrain(x, ("act_batch", "act_len", "act_embed"))
+    x = P.constrain(x, ("act_batch", "act_len", "act_embed"))
+    return x if cache is None else (x, cache)
 
 
 class EncoderLayer(nn.Module):
@@ -85,11 +100,15 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, aux):
-    mask, = aux
-    x = SelfAttentionBlock(self.cfg, self.num_heads, self.mlp_dim, True, self.deterministic,
-                           name="block")(x, mask)
-    return x, None
+  def __call__(self, x, aux, cache=None):
+    block = SelfAttentionBlock(self.cfg, self.num_heads, self.mlp_dim, True, self.deterministic,
+                               name="block")
+    if cache is None:
+      mask, = aux
+      return block(x, mask), None
+    mask, index = aux
+    x, self_cache = block(x, mask, cache["self"], index)
+    return x, {"self": self_cache}
 
 
 class MultimodalLayer(nn.Module):
@@ -101,31 +120,56 @@ class MultimodalLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, aux):
-    mask, context = aux
-    x = SelfAttentionBlock(self.cfg, self.num_heads, self.mlp_dim,
-                           self.mlp_after_self_attention, self.deterministic,
-                           name="self_attn")(x, mask)
-    x = CrossAttentionBlock(self.cfg, self.num_heads, self.mlp_dim, self.deterministic,
-                            name="cross_attn")(x, context)
-    return x, None
+  def __call__(self, x, aux, cache=None):
+    self_attn = SelfAttentionBlock(self.cfg, self.num_heads, self.mlp_dim,
+                                   self.mlp_after_self_attention, self.deterministic,
+                                   name="self_attn")
+    cross_attn = CrossAttentionBlock(self.cfg, self.num_heads, self.mlp_dim, self.deterministic,
+                                     name="cross_attn")
+    if cache is None:
+      mask, context = aux
+      return cross_attn(self_attn(x, mask), context), None
+    # Decoding: the image's keys/values are computed at the first step ("cross" absent), then
+    # only read; the self-attention cache is rewritten at every step.
+    mask, context, index = aux
+    x, self_cache = self_attn(x, mask, cache["self"], index)
+    x, cross_cache = cross_attn(x, context, cache.get("cross", {}))
+    if "cross" in cache:
+      return x, {"self": self_cache}
+    return x, {"self": self_cache, "cross": cross_cache}
 
 
-def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, **layer_kwargs):
+def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache=None,
+               **layer_kwargs):
   """Runs `depth` layers inside the calling compact module: scanned or unrolled, with remat.
 
   Scanned params are stacked under `name` with a leading `layers` axis; unrolled ones live under
   `name_0` ... `name_{depth-1}` (`coca_jax.model.layer_stacking` converts between the two).
+  With a decoding `cache` (every leaf with a leading layer axis, scanned or not: one layout for
+  `coca_jax.decode`), layer i gets slice i, and (x, cache with the rewritten entries) returns.
   """
-  if cfg.remat_policy != "none":
+  if cfg.remat_policy != "none" and cache is None:
     layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
                          prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
     stack = nn.scan(layer_cls, variable_axes={"params": 0},
-                    split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=nn.broadcast if cache is None else (nn.broadcast, 0),
                     length=depth, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = stack(cfg=cfg, name=name, **layer_kwargs)(x, aux)
-  else:
-    for i in range(depth):
-      x, _ = layer_cls(cfg=cfg, name=f"{name}_{i}", **layer_kwargs)(x, aux)
-  return x
+    layers = stack(cfg=cfg, name=name, **layer_kwargs)
+    if cache is None:
+      x, _ = layers(x, aux)
+      return x
+    x, rewritten = layers(x, aux, cache)
+    return x, {**cache, **rewritten}
+  rewritten = []
+  for i in range(depth):
+    layer = layer_cls(cfg=cfg, name=f"{name}_{i}", **layer_kwargs)
+    if cache is None:
+      x, _ = layer(x, aux)
+    else:
+      x, entries = layer(x, aux, jax.tree.map(lambda c, i=i: c[i], cache))
+      rewritten.append(entries)
+  if cache is None:
+    return x
+  return x, {**cache, **jax.tree.map(lambda *c: jnp.stack(c), *rewritten)}

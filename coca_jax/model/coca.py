@@ -19,6 +19,19 @@ def l2_normalize(x, eps=1e-12):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def empty_decode_cache(cfg: ModelConfig, batch: int, length: int) -> Dict[str, Any]:
+  """Self-attention key/value caches for `CoCa.decode_step`, zeros, (layers, batch, length,
+  heads, head_dim) whether layers are scanned or not. The first step adds the decoder's
+  cross-attention keys/values ("cross", one row per image)."""
+  dtype = compute_dtype(cfg)
+
+  def kv(depth, heads):
+    shape = (depth, batch, length, heads, cfg.text.width // heads)
+    return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
+  return {"text": {"self": kv(cfg.text.depth, cfg.text.num_heads)},
+          "decoder": {"self": kv(cfg.decoder.depth, cfg.decoder.num_heads)}}
+
+
 class CoCa(nn.Module):
   """Contrastive Captioner.
 
@@ -91,6 +104,20 @@ class CoCa(nn.Module):
     """Caption logits: position i predicts token i+1. -> float32 (B, L, vocab)."""
     _, text_tokens = self.encode_text(text, normalize=False)
     return self.decode_tokens(text_tokens, image_tokens)
+
+  def decode_step(self, text, index, cache, image_tokens=None):
+    """KV-cached generation: float32 logits (B, vocab) for the token after text[:, index].
+
+    Only position `index` runs, through the unimodal layers (no CLS token) and the multimodal
+    decoder; earlier positions come from `cache` (`empty_decode_cache` at first), which comes
+    back updated. The first step passes `image_tokens` (one row per image): their
+    cross-attention keys and values join the cache for every later step. Later steps may have
+    several rows per image (beams, consecutive rows): the image's keys/values are shared.
+    """
+    states, text_cache = self.text(text, cache=cache["text"], index=index)
+    logits, decoder_cache = self.decoder(states, image_tokens, cache=cache["decoder"],
+                                         index=index)
+    return logits[:, 0], {"text": text_cache, "decoder": decoder_cache}
 
   def get_logit_scale(self):
     """exp(temperature parameter), kept at most `max_logit_scale`."""

@@ -10,21 +10,33 @@ from coca_jax.model.config import ModelConfig
 
 
 class MultimodalDecoder(nn.Module):
-  """(text states (B, T, W), image tokens (B, M, W)) -> float32 logits (B, T, vocab)."""
+  """(text states (B, T, W), image tokens (B, M, W)) -> float32 logits (B, T, vocab).
+
+  Decoding (`coca_jax.decode`): with a `cache`, x is the state of position `index` alone, and
+  (logits, updated cache) return; image_tokens are needed only while the cache has no
+  cross-attention keys/values yet (the first step).
+  """
   cfg: ModelConfig
   tied_embedding: Optional[Any] = None  # the shared nn.Embed when the projection is tied
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, image_tokens):
+  def __call__(self, x, image_tokens, cache=None, index=None):
     cfg, d = self.cfg, self.cfg.decoder
     dtype = compute_dtype(cfg)
-    length = x.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    x = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
-                   (causal, image_tokens.astype(dtype)), num_heads=d.num_heads,
-                   mlp_dim=d.mlp_dim, mlp_after_self_attention=d.mlp_after_self_attention,
-                   deterministic=self.deterministic)
+    layer_kwargs = dict(num_heads=d.num_heads, mlp_dim=d.mlp_dim,
+                        mlp_after_self_attention=d.mlp_after_self_attention,
+                        deterministic=self.deterministic)
+    if cache is None:
+      length = x.shape[1]
+      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      x = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
+                     (causal, image_tokens.astype(dtype)), **layer_kwargs)
+    else:
+      causal = jnp.arange(cache["self"]["key"].shape[2]) <= index  # keys written so far
+      context = None if image_tokens is None else image_tokens.astype(dtype)
+      x, cache = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
+                            (causal, context, index), cache=cache, **layer_kwargs)
     x = layer_norm(cfg, "ln_final")(x)
     if self.tied_embedding is not None:
       logits = self.tied_embedding.attend(x)
@@ -33,4 +45,5 @@ class MultimodalDecoder(nn.Module):
                                              ("embed", "vocab")),
                         (cfg.text.width, cfg.text.vocab_size), jnp.float32)
       logits = x @ proj.astype(dtype)
-    return P.constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
+    logits = P.constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
+    return logits if cache is None else (logits, cache)

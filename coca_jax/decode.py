@@ -1,0 +1,309 @@
+"""Caption generation with key/value caches: greedy, beam search, top-k / top-p sampling.
+
+Everything (image encoder, the first step, the loop) runs in ONE jitted function, batched over
+images. Each step feeds one new token through the unimodal text layers (no CLS token) and the
+multimodal decoder (`CoCa.decode_step`); the cross-attention keys and values are computed once
+per image at the first step and shared by its beams. The loop (`jax.lax.while_loop`) stops when
+every caption (or every image's beam search) is done.
+
+The rules follow open_clip 3.3.0's `CoCa.generate`, so its captions can be reproduced:
+  * a caption is [start, tokens..., end, pad, ...]; `max_len` counts every token, the start
+    and end tokens included (open_clip's `seq_len`);
+  * `min_len`: the end token is forbidden while the caption holds fewer than `min_len` tokens,
+    the start token included (open_clip's `min_seq_len`);
+  * `force_end`: the token at index max_len - 1 is the end token (open_clip's top-k / top-p
+    path does this; its beam search does not: set False to match it);
+  * `stop_on_pad`: a caption that generates the pad id stops there, as open_clip's top-k / top-p
+    path does (the CLIP tokenizer's pad id 0 is also "!"); beam search treats it as a token;
+  * sampling filters (top-k, then top-p) see the untempered distribution, the temperature
+    applies to what they keep (open_clip's order);
+  * beam search is Hugging Face's `BeamSearchScorer` (one group): each step ranks 2K
+    continuations, end tokens among the first K close hypotheses scored sum / length **
+    length_penalty (length = every token, start and end included), the first K others
+    continue; `early_stopping` as in Hugging Face. open_clip sums raw logits where Hugging Face
+    sums log-probabilities: `beam_score="logit"` reproduces it.
+"""
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from coca_jax.model.coca import CoCa, empty_decode_cache
+from coca_jax.model.config import ModelConfig, from_dict
+
+STRATEGIES = ("greedy", "beam", "sample")
+BEAM_SCORES = ("log_prob", "logit")
+# Beams 1..K-1 start this low so that the first step expands beam 0 alone (as Hugging Face).
+INITIAL_BEAM_SCORE = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """How to generate; hashable, so each setting compiles once."""
+  strategy: str = "greedy"  # greedy | beam | sample
+  max_len: int = 30  # tokens, start and end included (open_clip: seq_len)
+  min_len: int = 5  # no end token while fewer tokens, start included (open_clip: min_seq_len)
+  start_id: Optional[int] = None  # required
+  end_id: Optional[int] = None  # default: the model's text.eos_id
+  pad_id: Optional[int] = None  # default: the model's text.pad_id
+  stop_on_pad: bool = True  # greedy / sample: a generated pad id ends the caption
+  force_end: bool = True  # the end token at index max_len - 1
+  num_beams: int = 6
+  length_penalty: float = 1.0
+  beam_score: str = "log_prob"  # log_prob (Hugging Face) | logit (open_clip 3.3.0)
+  early_stopping: Union[bool, str] = False  # Hugging Face's: False (heuristic), True, "never"
+  top_k: int = 0  # sample: keep the k most likely tokens (0: all)
+  top_p: float = 1.0  # sample: keep the smallest set holding this much probability
+  temperature: float = 1.0  # sample
+
+  @classmethod
+  def for_tokenizer(cls, tokenizer, **kwargs) -> "GenerationConfig":
+    """Start, end and pad ids from a `coca_jax.tokenizers` tokenizer."""
+    return cls(start_id=tokenizer.bos_id, end_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+               **kwargs)
+
+
+class Captions(NamedTuple):
+  """tokens: int32 (B, max_len), start token first, pad ids after the end token.
+  scores: float32 (B,): beam search, the best hypothesis' length-normalised score; otherwise the
+  sum of the model's log-probabilities (before any filtering) of the generated tokens."""
+  tokens: Any
+  scores: Any
+
+
+def resolve(config: GenerationConfig, model_config) -> GenerationConfig:
+  """Fills the default ids from the model config and checks every field against it."""
+  cfg = from_dict(model_config)
+  t = cfg.text
+  config = dataclasses.replace(
+      config, end_id=t.eos_id if config.end_id is None else config.end_id,
+      pad_id=t.pad_id if config.pad_id is None else config.pad_id)
+  problems = []
+  for name in ("start_id", "end_id", "pad_id"):
+    value = getattr(config, name)
+    if value is None or not 0 <= value < t.vocab_size:
+      problems.append(f"{name}={value} is not a token id in 0..{t.vocab_size - 1}")
+  if config.strategy not in STRATEGIES:
+    problems.append(f"strategy={config.strategy!r} not in {STRATEGIES}")
+  if not 2 <= config.max_len <= t.context_length + 1:
+    problems.append(f"max_len={config.max_len} outside 2..{t.context_length + 1} (positions "
+                    f"0..max_len-2 are fed to the model, which has {t.context_length})")
+  if not 0 <= config.min_len < config.max_len:
+    problems.append(f"min_len={config.min_len} outside 0..max_len-1")
+  if config.num_beams < 1:
+    problems.append(f"num_beams={config.num_beams} < 1")
+  if config.beam_score not in BEAM_SCORES:
+    problems.append(f"beam_score={config.beam_score!r} not in {BEAM_SCORES}")
+  if config.early_stopping not in (True, False, "never"):
+    problems.append(f"early_stopping={config.early_stopping!r} not in (True, False, 'never')")
+  if config.top_k < 0 or not 0 < config.top_p <= 1 or not config.temperature > 0:
+    problems.append(f"top_k={config.top_k}, top_p={config.top_p}, temperature="
+                    f"{config.temperature}: need top_k >= 0, 0 < top_p <= 1, temperature > 0")
+  if problems:
+    raise ValueError("generation config: " + "; ".join(problems))
+  return config
+
+
+def generate(model, params, images, config: GenerationConfig, rng=None) -> Captions:
+  """Captions of images (B, H, W, 3), normalised as for `CoCa.encode_image`."""
+  run = _compiled(_model_config(model), config, "images")
+  return run(_params(params), images, _key(rng, config))
+
+
+def generate_from_image_tokens(model, params, image_tokens, config: GenerationConfig,
+                               rng=None) -> Captions:
+  """Captions from image tokens (B, M, width) that `CoCa.encode_image` returned."""
+  run = _compiled(_model_config(model), config, "image_tokens")
+  return run(_params(params), image_tokens, _key(rng, config))
+
+
+def _model_config(model) -> ModelConfig:
+  return model.cfg if isinstance(model, CoCa) else from_dict(model)
+
+
+def _params(params):
+  """Accepts the params tree or the {"params": ...} variables dict."""
+  return params["params"] if set(params) == {"params"} else params
+
+
+def _key(rng, config):
+  if rng is None:
+    if config.strategy == "sample":
+      raise ValueError("sampling needs rng (a jax.random key)")
+    rng = jax.random.key(0)
+  return rng
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(model_config: ModelConfig, config: GenerationConfig, inputs: str):
+  config = resolve(config, model_config)
+  model = CoCa(model_config)
+
+  def run(params, x, rng):
+    variables = {"params": params}
+    if inputs == "images":
+      _, x = model.apply(variables, x, method=CoCa.encode_image)
+    return _generate(model, variables, config, x, rng)
+  return jax.jit(run)
+
+
+def _generate(model, variables, config, image_tokens, rng):
+  b, length = image_tokens.shape[0], config.max_len
+  tokens = jnp.full((b, length), config.pad_id, jnp.int32).at[:, 0].set(config.start_id)
+  # The first step, one row per image, also caches the image's cross-attention keys/values.
+  logits, cache = model.apply(variables, tokens, 0, empty_decode_cache(model.cfg, b, length),
+                              image_tokens, method=CoCa.decode_step)
+
+  def step(tokens, index, cache):
+    return model.apply(variables, tokens, index, cache, method=CoCa.decode_step)
+
+  if config.strategy == "beam":
+    return _beam_search(config, step, tokens, logits, cache)
+  return _sample(config, step, tokens, logits, cache, rng)
+
+
+def _mask_end(config, scores, cur_len):
+  """min_len and force_end on scores (..., vocab) for the token at index cur_len."""
+  is_end = jnp.arange(scores.shape[-1]) == config.end_id
+  scores = jnp.where(is_end & (cur_len < config.min_len), -jnp.inf, scores)
+  if config.force_end:
+    scores = jnp.where(~is_end & (cur_len + 1 >= config.max_len), -jnp.inf, scores)
+  return scores
+
+
+def filter_top_k(logits, k: int):
+  """-inf below the k-th largest logit (ties with it are kept)."""
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def filter_top_p(logits, p: float):
+  """-inf outside the nucleus: the most likely tokens until their probability reaches p (the
+  token that crosses p is kept, and at least one token)."""
+  ranked = -jnp.sort(-logits, axis=-1)
+  probs = jax.nn.softmax(ranked, axis=-1)
+  kept = (jnp.cumsum(probs, axis=-1) - probs) < p
+  kept = kept.at[..., 0].set(True)
+  threshold = jnp.min(jnp.where(kept, ranked, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def _sample(config, step, tokens, logits, cache, rng):
+  """Greedy or sampled captions, one row per image."""
+  b = tokens.shape[0]
+
+  def advance(tokens, cur_len, done, scores, cache, logits):
+    x = _mask_end(config, logits, cur_len)
+    if config.strategy == "greedy":
+      token = jnp.argmax(x, axis=-1).astype(jnp.int32)
+    else:
+      if config.top_k:
+        x = filter_top_k(x, config.top_k)
+      if config.top_p < 1:
+        x = filter_top_p(x, config.top_p)
+      key = jax.random.fold_in(rng, cur_len)
+      token = jax.random.categorical(key, x / config.temperature, axis=-1).astype(jnp.int32)
+    token = jnp.where(done, config.pad_id, token)
+    log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
+    scores = scores + jnp.where(done, 0.0, log_prob)
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], cur_len, axis=1)
+    ended = token == config.end_id
+    if config.stop_on_pad:
+      ended |= token == config.pad_id
+    return tokens, cur_len + 1, done | ended, scores, cache
+
+  def cond(state):
+    _, cur_len, done, _, _ = state
+    return (cur_len < config.max_len) & ~jnp.all(done)
+
+  def body(state):
+    tokens, cur_len, done, scores, cache = state
+    logits, cache = step(tokens, cur_len - 1, cache)
+    return advance(tokens, cur_len, done, scores, cache, logits)
+
+  state = advance(tokens, jnp.int32(1), jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32),
+                  cache, logits)
+  tokens, _, _, scores, _ = jax.lax.while_loop(cond, body, state)
+  return Captions(tokens, scores)
+
+
+def _reorder_self_caches(cache, rows):
+  """Gathers rows (B*K,) of the self-attention caches (axis 1); cross-attention caches hold
+  one row per image and stay as they are."""
+  return {tower: {name: (jax.tree.map(lambda c: jnp.take(c, rows, axis=1), entry)
+                         if name == "self" else entry)
+                  for name, entry in parts.items()}
+          for tower, parts in cache.items()}
+
+
+def _beam_search(config, step, tokens, logits, cache):
+  b, length = tokens.shape
+  k, vocab = config.num_beams, logits.shape[-1]
+  penalty = lambda n: jnp.asarray(n, jnp.float32) ** config.length_penalty
+
+  def gather(x, index):  # x (B, N, ...), index (B, J) -> (B, J, ...)
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+  def advance(state, logits, cur_len):
+    tokens, scores, fin_tokens, fin_scores, fin_count, done, cache = state
+    s = jax.nn.log_softmax(logits) if config.beam_score == "log_prob" else logits
+    s = _mask_end(config, s, cur_len)
+    candidates = (scores[..., None] + s).reshape(b, k * vocab)
+    value, index = jax.lax.top_k(candidates, 2 * k)
+    beam, token = index // vocab, (index % vocab).astype(jnp.int32)
+    is_end = token == config.end_id
+    # Hypotheses that end here: end tokens among the first k candidates.
+    closing = is_end[:, :k] & ~done[:, None]
+    closed = gather(tokens, beam[:, :k]).at[:, :, cur_len].set(config.end_id)
+    pool_scores = jnp.concatenate(
+        [fin_scores, jnp.where(closing, value[:, :k] / penalty(cur_len + 1), -jnp.inf)], 1)
+    best = jax.lax.top_k(pool_scores, k)[1]  # ties keep the earlier hypotheses
+    fin_scores = gather(pool_scores, best)
+    fin_tokens = gather(jnp.concatenate([fin_tokens, closed], 1), best)
+    fin_count = jnp.minimum(fin_count + closing.sum(1), k)
+    # The first k other candidates continue.
+    rank = jnp.arange(2 * k)
+    live = jnp.argsort(jnp.where(is_end, rank + 2 * k, rank), axis=1)[:, :k]
+    source = jnp.where(done[:, None], jnp.arange(k), gather(beam, live))
+    tokens = jnp.where(done[:, None, None], tokens,
+                       gather(tokens, source).at[:, :, cur_len].set(gather(token, live)))
+    scores = jnp.where(done[:, None], scores, gather(value, live))
+    cache = _reorder_self_caches(cache, (jnp.arange(b)[:, None] * k + source).reshape(-1))
+    # Done when no live beam can beat the worst of k closed hypotheses (Hugging Face's test).
+    if config.early_stopping is True:
+      finished = fin_count >= k
+    else:
+      bound_len = cur_len + 1
+      if config.early_stopping == "never" and config.length_penalty > 0:
+        bound_len = config.max_len
+      finished = (fin_count >= k) & (fin_scores.min(1) >= value[:, 0] / penalty(bound_len))
+    return tokens, scores, fin_tokens, fin_scores, fin_count, done | finished, cache
+
+  def cond(carry):
+    state, cur_len = carry
+    return (cur_len < config.max_len) & ~jnp.all(state[5])
+
+  def body(carry):
+    state, cur_len = carry
+    logits, cache = step(state[0].reshape(b * k, length), cur_len - 1, state[6])
+    state = state[:6] + (cache,)
+    return advance(state, logits.reshape(b, k, vocab), cur_len), cur_len + 1
+
+  # Every beam starts as [start]; the first step's rows (one per image) become k rows each.
+  cache = _reorder_self_caches(cache, jnp.repeat(jnp.arange(b), k))
+  scores = jnp.full((b, k), INITIAL_BEAM_SCORE, jnp.float32).at[:, 0].set(0.0)
+  state = (jnp.repeat(tokens[:, None], k, axis=1), scores,
+           jnp.full((b, k, length), config.pad_id, jnp.int32),
+           jnp.full((b, k), -jnp.inf, jnp.float32), jnp.zeros((b,), jnp.int32),
+           jnp.zeros((b,), bool), cache)
+  state = advance(state, jnp.repeat(logits[:, None], k, axis=1), 1)
+  state, cur_len = jax.lax.while_loop(cond, body, (state, jnp.int32(2)))
+  tokens, scores, fin_tokens, fin_scores, _, done, _ = state
+  # Images still searching at max_len add their live beams, unfinished, as hypotheses.
+  open_scores = jnp.where(done[:, None], -jnp.inf, scores / penalty(cur_len))
+  pool_scores = jnp.concatenate([fin_scores, open_scores], 1)
+  best = jnp.argmax(pool_scores, axis=1)[:, None]
+  best_tokens = gather(jnp.concatenate([fin_tokens, tokens], 1), best)[:, 0]
+  return Captions(best_tokens, gather(pool_scores, best)[:, 0])

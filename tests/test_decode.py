@@ -1,0 +1,350 @@
+"""KV-cached generation (coca_jax.decode) against full recomputation, brute force and open_clip.
+
+Random micro models repeat a few tokens, so each model is biased first: the decoder's output
+columns of two tokens it likes are swapped with the end and pad ids' columns, so that captions
+end (or hit the pad id) at various lengths.
+"""
+import collections
+import functools
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import coca_jax
+from coca_jax import decode
+from model_fixtures import BOS, EOS, MICRO, MICRO_OPEN_CLIP, PAD, config, make_images
+
+MAX_LEN, MIN_LEN = 9, 3
+LAYOUTS = {"paper": MICRO, "open_clip": MICRO_OPEN_CLIP}
+
+
+def greedy_config(**kwargs):
+  kwargs = dict(dict(start_id=BOS, end_id=EOS, pad_id=PAD, max_len=MAX_LEN, min_len=MIN_LEN),
+                **kwargs)
+  return decode.GenerationConfig(**kwargs)
+
+
+def swap_columns(proj, a, b):
+  proj = np.array(proj)
+  proj[:, [a, b]] = proj[:, [b, a]]
+  return proj
+
+
+def init_model(base, scan, **overrides):
+  model = coca_jax.create_model(config(base, scan_layers=scan, **overrides))
+  size = model.cfg.vision.image_size
+  text = jnp.full((1, 4), BOS, jnp.int32)
+  variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                           text))
+  return model, variables, make_images(6, size, seed=1)
+
+
+@functools.lru_cache()
+def biased_model(layout, scan):
+  """(model, variables, images): the end and pad ids take the decoder columns of the 2nd and
+  3rd most generated tokens."""
+  model, variables, images = init_model(LAYOUTS[layout], scan)
+  tokens = decode.generate(model, variables, images,
+                           greedy_config(min_len=0, force_end=False, stop_on_pad=False)).tokens
+  counts = collections.Counter(np.asarray(tokens)[:, 1:].ravel().tolist())
+  liked = [t for t, _ in counts.most_common() if t not in (PAD, BOS, EOS)]
+  params = dict(variables["params"])
+  decoder = dict(params["decoder"])
+  decoder["proj"] = swap_columns(swap_columns(decoder["proj"], EOS, liked[1]), PAD, liked[2])
+  params["decoder"] = decoder
+  return model, {"params": params}, images
+
+
+@pytest.fixture(scope="module", params=[(layout, scan) for layout in LAYOUTS
+                                        for scan in (False, True)],
+                ids=lambda p: f"{p[0]}-{'scan' if p[1] else 'unrolled'}")
+def setup(request):
+  return biased_model(*request.param)
+
+
+@pytest.fixture(scope="module")
+def paper():
+  return biased_model("paper", False)
+
+
+def image_tokens(model, variables, images):
+  return jax.jit(lambda v, x: model.apply(v, x, method=model.encode_image)[1])(variables, images)
+
+
+# --- the cached step itself ---------------------------------------------------------------
+
+def test_cached_steps_equal_full_forward(setup):
+  """Teacher forcing through decode_step, position by position, gives decode()'s logits, also
+  with pad and end ids inside the text (the text tower's key mask) and two rows per image."""
+  model, variables, images = setup
+  tokens = image_tokens(model, variables, images[:3])
+  rng = np.random.default_rng(0)
+  text = rng.integers(4, model.cfg.text.vocab_size, (6, MAX_LEN)).astype(np.int32)
+  text[:, 0] = BOS
+  text[0, 3] = text[1, 2] = text[2, 5:] = PAD
+  text[3, 4] = EOS
+  text = jnp.asarray(text)
+  rows = jnp.repeat(tokens, 2, axis=0)  # the full forward sees each image twice
+  full = jax.jit(lambda v, t, i: model.apply(v, t, i, method=model.decode))(variables, text, rows)
+
+  @jax.jit
+  def cached(variables, text, tokens):
+    cache = coca_jax.model.empty_decode_cache(model.cfg, 3, MAX_LEN)
+    first, cache = model.apply(variables, text[::2], 0, cache, tokens, method=model.decode_step)
+    cache = jax.tree.map(lambda c: jnp.repeat(c, 2, axis=1), cache)
+    cache["decoder"]["cross"] = jax.tree.map(lambda c: c[:, ::2], cache["decoder"]["cross"])
+
+    def body(cache, index):
+      logits, cache = model.apply(variables, text, index, cache, method=model.decode_step)
+      return cache, logits
+    _, rest = jax.lax.scan(body, cache, jnp.arange(1, MAX_LEN))
+    return first, jnp.moveaxis(rest, 0, 1)
+
+  first, rest = cached(variables, text, tokens)
+  np.testing.assert_allclose(first, full[::2, 0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(rest, full[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+# --- greedy against recomputing the prefix ---------------------------------------------------
+
+def reference_greedy(model, variables, images, cfg):
+  """open_clip's loop, naively: every step runs the whole prefix through decode()."""
+  tokens = np.asarray(image_tokens(model, variables, images))
+  forward = jax.jit(lambda v, t, i: model.apply(v, t, i, method=model.decode))
+  rng = np.random.default_rng(1)
+  out = np.full((len(images), cfg.max_len), cfg.pad_id, np.int32)
+  out[:, 0] = cfg.start_id
+  done = np.zeros(len(images), bool)
+  for cur in range(1, cfg.max_len):
+    # Positions after the prefix hold junk: causality keeps it out of position cur - 1.
+    text = out.copy()
+    text[:, cur:] = rng.integers(0, model.cfg.text.vocab_size, (len(images), cfg.max_len - cur))
+    logits = np.array(forward(variables, jnp.asarray(text), tokens)[:, cur - 1])
+    if cur < cfg.min_len:
+      logits[:, cfg.end_id] = -np.inf
+    token = logits.argmax(-1)
+    if cfg.force_end and cur == cfg.max_len - 1:
+      token[:] = cfg.end_id
+    token[done] = cfg.pad_id
+    out[:, cur] = token
+    done |= (token == cfg.end_id) | (cfg.stop_on_pad & (token == cfg.pad_id))
+  return out
+
+
+@pytest.mark.parametrize("stop_on_pad", [True, False])
+def test_greedy_equals_recomputation(setup, stop_on_pad):
+  model, variables, images = setup
+  cfg = greedy_config(stop_on_pad=stop_on_pad)
+  expected = reference_greedy(model, variables, images, cfg)
+  got = np.asarray(decode.generate(model, variables, images, cfg).tokens)
+  np.testing.assert_array_equal(got, expected)
+  # The bias did its job: some caption ended before max_len, through an end or pad id.
+  assert (got[:, -1] == PAD).any(), got
+
+
+def test_greedy_without_forced_end(paper):
+  model, variables, images = paper
+  cfg = greedy_config(force_end=False, min_len=0)
+  got = np.asarray(decode.generate(model, variables, images, cfg).tokens)
+  np.testing.assert_array_equal(got, reference_greedy(model, variables, images, cfg))
+
+
+# --- beam search --------------------------------------------------------------------------
+
+def test_one_beam_equals_greedy(paper):
+  model, variables, images = paper
+  greedy = decode.generate(model, variables, images, greedy_config(stop_on_pad=False))
+  beam = decode.generate(model, variables, images,
+                         greedy_config(strategy="beam", num_beams=1, length_penalty=0.7))
+  np.testing.assert_array_equal(beam.tokens, greedy.tokens)
+
+
+def brute_force(model, variables, image, cfg):
+  """Every caption the rules allow, each scored as beam search scores it -> the best."""
+  vocab = model.cfg.text.vocab_size
+  captions = []
+  for n in range(1, cfg.max_len):  # n tokens after the start token
+    for body in itertools.product(range(vocab), repeat=n):
+      ends = [i for i, t in enumerate(body) if t == cfg.end_id]
+      if ends and ends[0] != n - 1:
+        continue  # a caption stops at its first end token
+      ended = bool(ends)
+      if ended and n < cfg.min_len:
+        continue
+      if not ended and n < cfg.max_len - 1:
+        continue  # an unfinished caption runs to max_len
+      if cfg.force_end and n == cfg.max_len - 1 and not ended:
+        continue
+      captions.append([cfg.start_id, *body])
+  text = np.full((len(captions), cfg.max_len), cfg.pad_id, np.int32)
+  for row, caption in zip(text, captions):
+    row[:len(caption)] = caption
+  tokens = jnp.repeat(image_tokens(model, variables, image[None]), len(captions), axis=0)
+  logits = jax.jit(lambda v, t, i: model.apply(v, t, i, method=model.decode))(
+      variables, jnp.asarray(text), tokens)
+  log_probs = np.asarray(jax.nn.log_softmax(logits), np.float64)
+  scores = []
+  for row, caption in zip(log_probs, captions):
+    total = sum(row[i, caption[i + 1]] for i in range(len(caption) - 1))
+    scores.append(total / len(caption) ** cfg.length_penalty)
+  best = int(np.argmax(scores))
+  return text[best], scores[best], np.sort(scores)[-2]
+
+
+@pytest.mark.parametrize("force_end,length_penalty,early_stopping",
+                         [(True, 0.0, False), (False, 1.0, "never")])
+def test_wide_beam_finds_the_most_likely_caption(force_end, length_penalty, early_stopping):
+  """Vocabulary 5, captions of at most 4 tokens: 80 beams hold every prefix (4 * 4 live ones
+  times 5 continuations at the last step), so beam search is exhaustive and must return the
+  brute-force optimum. (A beam only as wide as the vocabulary is not exhaustive beyond two
+  generated tokens.) With a positive length penalty Hugging Face's default stopping test is a
+  heuristic; "never" uses a true bound."""
+  model, variables, images = init_model(MICRO, False, text__vocab_size=5)
+  cfg = greedy_config(strategy="beam", num_beams=80, max_len=4, min_len=2, force_end=force_end,
+                      length_penalty=length_penalty, early_stopping=early_stopping)
+  out = decode.generate(model, variables, images, cfg)
+  for i, image in enumerate(images):
+    best, score, runner_up = brute_force(model, variables, image, cfg)
+    assert score - runner_up > 1e-4, "ambiguous optimum; pick another seed"
+    np.testing.assert_array_equal(out.tokens[i], best)
+    np.testing.assert_allclose(out.scores[i], score, rtol=1e-5)
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+def test_top_k_one_equals_greedy(paper):
+  model, variables, images = paper
+  greedy = decode.generate(model, variables, images, greedy_config())
+  sampled = decode.generate(model, variables, images,
+                            greedy_config(strategy="sample", top_k=1, temperature=0.7),
+                            rng=jax.random.key(3))
+  np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
+
+
+def test_fixed_seed_is_reproducible(paper):
+  model, variables, images = paper
+  cfg = greedy_config(strategy="sample", temperature=1.5)
+  a = decode.generate(model, variables, images, cfg, rng=jax.random.key(7))
+  b = decode.generate(model, variables, images, cfg, rng=jax.random.key(7))
+  c = decode.generate(model, variables, images, cfg, rng=jax.random.key(8))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_top_p_filter():
+  logits = jnp.log(jnp.array([[0.1, 0.5, 0.05, 0.3, 0.05]]))
+  kept = lambda p: np.flatnonzero(np.isfinite(decode.filter_top_p(logits, p)[0])).tolist()
+  assert kept(0.4) == [1]
+  assert kept(0.7) == [1, 3]  # 0.5 < 0.7: the token that crosses p is kept
+  assert kept(0.85) == [0, 1, 3]
+  assert kept(1e-6) == [1]
+  np.testing.assert_array_equal(decode.filter_top_k(logits, 2)[0] > -jnp.inf,
+                                [False, True, False, True, False])
+
+
+def test_top_p_samples_stay_in_the_nucleus(paper):
+  """The first sampled token of many captions of one image: only nucleus tokens, several."""
+  model, variables, images = paper
+  n, p = 256, 0.6
+  one = image_tokens(model, variables, images[:1])
+  cfg = greedy_config(strategy="sample", top_p=p, temperature=2.0, min_len=0, max_len=3)
+  tokens = np.asarray(decode.generate_from_image_tokens(
+      model, variables, jnp.repeat(one, n, axis=0), cfg, rng=jax.random.key(0)).tokens)
+  logits = model.apply(variables, jnp.full((1, 1), BOS, jnp.int32), one,
+                       method=model.decode)[0, 0]
+  nucleus = set(np.flatnonzero(np.isfinite(decode.filter_top_p(logits, p))).tolist())
+  probs = np.asarray(jax.nn.softmax(logits))
+  assert probs[sorted(nucleus)].sum() >= p and len(nucleus) >= 2, (nucleus, probs)
+  seen = set(tokens[:, 1].tolist())
+  assert seen <= nucleus, (seen, nucleus)
+  assert len(seen) >= 2
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="start_id=None"):
+    decode.resolve(decode.GenerationConfig(max_len=MAX_LEN), MICRO)
+  with pytest.raises(ValueError, match="max_len=14 outside 2..13"):
+    decode.resolve(greedy_config(max_len=14), MICRO)
+  with pytest.raises(ValueError, match="min_len=9 outside"):
+    decode.resolve(greedy_config(min_len=9), MICRO)
+  assert decode.resolve(decode.GenerationConfig(start_id=BOS, max_len=MAX_LEN),
+                        MICRO).end_id == EOS
+  with pytest.raises(ValueError, match="needs rng"):
+    decode.generate(MICRO, {}, None, greedy_config(strategy="sample"))
+
+
+# --- open_clip's generate on a converted model --------------------------------------------
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+from test_open_clip_parity import SMALL_CONFIG, SMALL_OPEN_CLIP, randomize_, state_dict_numpy  # noqa: E402,E501  pylint: disable=g-import-not-at-top,wrong-import-position
+
+SOT, EOT = 998, 999
+OC_MAX_LEN, OC_MIN_LEN = 12, 3
+
+
+@pytest.fixture(scope="module")
+def small_open_clip():
+  """The small open_clip CoCa, seeded and biased as above (end id 999, pad id 0)."""
+  from coca_jax.convert.open_clip import convert_state_dict  # pylint: disable=g-import-not-at-top
+  model = open_clip.coca_model.CoCa(**SMALL_OPEN_CLIP)
+  randomize_(model, seed=2)
+  images = np.random.default_rng(5).standard_normal((6, 3, 32, 32), dtype=np.float32)
+  with torch.no_grad():
+    first = model.generate(torch.from_numpy(images), generation_type="top_k", top_k=1,
+                           seq_len=OC_MAX_LEN, min_seq_len=0, sot_token_id=SOT,
+                           eos_token_id=EOT, pad_token_id=0)
+    counts = collections.Counter(first[:, 1:].reshape(-1).tolist())
+    liked = [t for t, _ in counts.most_common() if t not in (0, SOT, EOT)]
+    proj = model.text_decoder.text_projection
+    proj.copy_(torch.from_numpy(swap_columns(swap_columns(proj.numpy(), EOT, liked[1]), 0,
+                                             liked[2])))
+  model.eval()
+  params = convert_state_dict(state_dict_numpy(model), SMALL_CONFIG)
+  return model, params, images
+
+
+def open_clip_generate(model, images, **kwargs):
+  with torch.no_grad():
+    out = model.generate(torch.from_numpy(images), seq_len=OC_MAX_LEN, min_seq_len=OC_MIN_LEN,
+                         sot_token_id=SOT, eos_token_id=EOT, pad_token_id=0, **kwargs).numpy()
+  padded = np.zeros((len(images), OC_MAX_LEN), np.int32)  # open_clip stops at the longest
+  padded[:, :out.shape[1]] = out
+  return padded
+
+
+def oc_config(**kwargs):
+  return decode.GenerationConfig(start_id=SOT, end_id=EOT, pad_id=0, max_len=OC_MAX_LEN,
+                                 min_len=OC_MIN_LEN, **kwargs)
+
+
+def test_greedy_equals_open_clip(small_open_clip):
+  model, params, images = small_open_clip
+  expected = open_clip_generate(model, images, generation_type="top_k", top_k=1)
+  got = decode.generate(SMALL_CONFIG, params, jnp.asarray(images.transpose(0, 2, 3, 1)),
+                        oc_config())
+  np.testing.assert_array_equal(got.tokens, expected)
+  ends = [list(row).index(EOT) if EOT in row else list(row[1:]).index(0) + 1 for row in expected]
+  assert len(set(ends)) >= 3, expected  # captions of several lengths
+  assert any(0 in row[1:e + 1] for row, e in zip(expected, ends)), expected  # a pad stop
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_beam_search_equals_open_clip(small_open_clip, scan):
+  """num_beam_groups=1; open_clip ranks beams by summed raw logits and forces no end token."""
+  from coca_jax.convert.open_clip import convert_state_dict  # pylint: disable=g-import-not-at-top
+  model, params, images = small_open_clip
+  cfg = dict(SMALL_CONFIG, scan_layers=scan)
+  if scan:
+    params = convert_state_dict(state_dict_numpy(model), cfg)
+  expected = open_clip_generate(model, images, generation_type="beam_search", num_beams=4,
+                                num_beam_groups=1)
+  got = decode.generate(cfg, params, jnp.asarray(images.transpose(0, 2, 3, 1)),
+                        oc_config(strategy="beam", num_beams=4, beam_score="logit",
+                                  force_end=False))
+  np.testing.assert_array_equal(got.tokens, expected)
+  assert (expected[:, -1] == 0).any() and (expected[:, -1] != 0).any(), expected
