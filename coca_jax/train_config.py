@@ -23,8 +23,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
   c.log_every_steps = 50
   c.eval_every_steps = 500  # 0: only at the end
+  # Evaluators (field meanings: coca_jax/evals/__init__.py). eval.py runs the same ones.
   c.evals = dict(zeroshot=True, val_loss=True, captions=True, batch_size=256,
-                 num_caption_examples=256, max_caption_length=0, gallery=8)
+                 num_caption_examples=256, max_caption_length=0, gallery=8,
+                 retrieval=False, generative_zeroshot=False, caption_min_length=0,
+                 datasets=dict(zeroshot="", retrieval="", captions=""), text_key="",
+                 label_key="", zeroshot_templates="", text_batch_size=256,
+                 retrieval_captions_per_image=0, retrieval_pictures=4,
+                 generative_class_chunk=8)
   # Params-only initialisation (a checkpoint, an export or a converted open_clip model).
   c.init_from = ""
   c.debug = dict(inject_nan_at_step=-1)  # tests: NaN images at this step

@@ -1,36 +1,151 @@
-"""Evaluators: each is built once, from the config, and has `run(params) -> {name: value}`.
+"""Evaluators: each is built once, from the config, and has `run(params) -> {name: value}`;
+some also `run_final(params, workdir=, writer=, step=)` (pictures, files) and `final_only`.
 
 `build` makes those that `config.evals` asks for; `run_evaluators` runs them (the periodic ones
-during training, all of them at the end) and merges their results.
+during training, all of them at the end) and merges their results. `eval.py` runs the same
+evaluators on a saved checkpoint.
+
+`config.evals` fields (train_config.py; fields missing from an older config take the defaults
+below):
+  zeroshot, val_loss, captions   the training job's evaluators (on config.data.eval unless
+                                 `datasets` names another dataset)
+  retrieval                      recall@1/5/10 and mAP, image->text and text->image
+  generative_zeroshot            zero-shot by the captioning decoder's likelihood of each prompt
+  batch_size                     global eval batch (rounded up to fit the mesh and processes)
+  num_caption_examples           images captioned by `captions` (0: the whole split)
+  max_caption_length, caption_min_length   generation limits (0: the data's text length / none)
+  gallery                        images in the caption gallery picture
+  datasets.{zeroshot,retrieval,captions}   "" (config.data.eval), "NAME[:SPLIT]" (TFDS) or
+                                 "folder:PATH[:SPLIT]" (a folder of images per class)
+  text_key, label_key            caption / label feature of those datasets when not the default
+  zeroshot_templates             "" (ImageNet: CLIP's 80; coca_shapes: its own; else CLIP's
+                                 short list), or "imagenet", "clip", "photo", "coca_shapes"
+  text_batch_size                prompts / captions embedded per step
+  retrieval_captions_per_image   0: all of them (COCO's usual protocol takes 5)
+  retrieval_pictures             text queries in the retrieval picture
+  generative_class_chunk         classes scored together by generative zero-shot
 """
 from typing import Any, Dict, List
 
-import jax
+DEFAULTS = dict(zeroshot=False, val_loss=False, captions=False, retrieval=False,
+                generative_zeroshot=False, batch_size=256, num_caption_examples=256,
+                max_caption_length=0, caption_min_length=0, gallery=8,
+                datasets=dict(zeroshot="", retrieval="", captions=""), text_key="",
+                label_key="", zeroshot_templates="", text_batch_size=256,
+                retrieval_captions_per_image=0, retrieval_pictures=4,
+                generative_class_chunk=8)
 
-from coca_jax import data
+
+def option(config, name: str):
+  """config.evals.<name>, or its default when an older config lacks it."""
+  ev = config.evals
+  value = ev.get(name, None) if hasattr(ev, "get") else None
+  if value is None:
+    return DEFAULTS[name]
+  if name == "datasets":
+    given = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+    return {**DEFAULTS["datasets"], **given}
+  return value
 
 
 def build(config, model, mesh, tokenizer) -> List[Any]:
-  from coca_jax.evals.validation import ValidationLossEvaluator  # pylint: disable=g-import-not-at-top
-  from coca_jax.evals.zero_shot import ZeroShotEvaluator  # pylint: disable=g-import-not-at-top
-  ev = config.evals
-  eval_iter = data.build_eval_iterator(
-      config.data, global_batch_size=ev.batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), tokenizer=tokenizer)
+  # pylint: disable=g-import-not-at-top
+  from coca_jax.evals import common
+  from coca_jax.evals.validation import ValidationLossEvaluator
+  from coca_jax.evals.zero_shot import ZeroShotEvaluator
+  # pylint: enable=g-import-not-at-top
+  datasets = option(config, "datasets")
+  batch = common.fit_batch(option(config, "batch_size"), mesh)
+  text_length = config.data.text_length
+  iterators: Dict[Any, Any] = {}
+
+  def iterator(spec):
+    key = repr(sorted(spec.items()))
+    if key not in iterators:
+      iterators[key] = common.eval_iterator(config, tokenizer, batch, spec)
+    return iterators[key]
+
   evaluators = []
-  if ev.zeroshot:
-    evaluators.append(ZeroShotEvaluator(
-        model, mesh, eval_iter, tokenizer, data.class_names(config.data),
-        data.zero_shot_templates(config.data), config.data.text_length))
-  if ev.val_loss:
+  generative = option(config, "generative_zeroshot")
+  if option(config, "zeroshot") or generative:
+    spec = common.dataset_spec(config, datasets["zeroshot"])
+    if option(config, "label_key"):
+      spec["label_key"] = option(config, "label_key")
+    try:
+      it = iterator(spec)
+    except ValueError as e:  # no caption feature: class prompts stand in (they are unused)
+      if "no text feature" not in str(e):
+        raise
+      spec = {**spec, "templates": ["{}"]}
+      it = iterator(spec)
+    names, templates = zero_shot_prompts(config, spec, it.source)
+    kwargs = dict(text_batch_size=option(config, "text_batch_size"))
+    if option(config, "zeroshot"):
+      evaluators.append(ZeroShotEvaluator(model, mesh, it, tokenizer, names, templates,
+                                          text_length, **kwargs))
+    if generative:
+      evaluators.append(ZeroShotEvaluator(
+          model, mesh, it, tokenizer, names, templates, text_length,
+          prefix="zeroshot_generative", generative=True,
+          class_chunk=option(config, "generative_class_chunk"), **kwargs))
+  if option(config, "val_loss"):
     evaluators.append(ValidationLossEvaluator(
-        model, mesh, eval_iter, pad_id=model.cfg.text.pad_id,
+        model, mesh, iterator(common.dataset_spec(config, "")), pad_id=model.cfg.text.pad_id,
         contrastive_weight=config.loss.contrastive_weight,
         caption_weight=config.loss.caption_weight))
-  if ev.captions:
-    from coca_jax.evals.captions import ShapesCaptionEvaluator  # pylint: disable=g-import-not-at-top
-    evaluators.append(ShapesCaptionEvaluator(config, model, mesh, tokenizer))
+  if option(config, "retrieval"):
+    from coca_jax.evals.retrieval import RetrievalEvaluator  # pylint: disable=g-import-not-at-top
+    spec = caption_spec(config, datasets["retrieval"])
+    evaluators.append(RetrievalEvaluator(
+        model, mesh, iterator(spec), tokenizer, text_length,
+        captions_per_image=option(config, "retrieval_captions_per_image"),
+        text_batch_size=option(config, "text_batch_size"),
+        num_pictured=option(config, "retrieval_pictures")))
+  if option(config, "captions"):
+    # pylint: disable=g-import-not-at-top
+    from coca_jax.evals.captions import CaptionEvaluator, ShapesCaptionEvaluator
+    if datasets["captions"] or option(config, "text_key"):
+      evaluators.append(CaptionEvaluator(config, model, mesh, tokenizer,
+                                         dataset=caption_spec(config, datasets["captions"])))
+    else:
+      evaluators.append(ShapesCaptionEvaluator(config, model, mesh, tokenizer))
   return evaluators
+
+
+def caption_spec(config, dataset) -> Dict:
+  from coca_jax.evals import common  # pylint: disable=g-import-not-at-top
+  spec = common.dataset_spec(config, dataset)
+  if option(config, "text_key"):
+    spec["text_key"] = option(config, "text_key")
+  return spec
+
+
+def zero_shot_prompts(config, spec, source):
+  """(class names, templates) for a dataset: CLIP's curated names and 80 templates on
+  ImageNet-1k label sets, the embedded dataset's own, or the label names otherwise."""
+  # pylint: disable=g-import-not-at-top
+  from coca_jax.data import shapes, sources
+  from coca_jax.evals import imagenet
+  # pylint: enable=g-import-not-at-top
+  labels = tuple(source.class_names or ())
+  name = spec.get("name", "")
+  if spec.get("format") == "folder":
+    names, templates = source.prompt_names(), sources.TEMPLATES["clip"]
+  elif imagenet.is_imagenet(name, labels):
+    names, templates = imagenet.class_names(), imagenet.templates()
+  elif name.startswith("coca_shapes"):
+    names, templates = shapes.CLASS_NAMES, shapes.ZERO_SHOT_TEMPLATES
+  else:
+    names, templates = tuple(n.replace("_", " ") for n in labels), sources.TEMPLATES["clip"]
+  if not names:
+    raise ValueError(f"zero-shot: dataset {spec} has no class names (set evals.label_key)")
+  if labels and len(labels) != len(names):
+    raise ValueError(f"zero-shot: {len(names)} class names for {len(labels)} labels")
+  choice = option(config, "zeroshot_templates")
+  if choice:
+    templates = (imagenet.templates() if choice == "imagenet"
+                 else sources.TEMPLATES[choice] if isinstance(choice, str) else tuple(choice))
+  return tuple(names), tuple(templates)
 
 
 def run_evaluators(evaluators, params, final: bool, **kwargs) -> Dict[str, Any]:

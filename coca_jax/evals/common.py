@@ -48,11 +48,11 @@ def dataset_spec(config, dataset: Any = None) -> Any:
   """A dataset spec from a config value: "" / None -> `config.data.eval`; a dict -> as it is;
   "name" or "name:split" -> a TFDS dataset; "folder:PATH[:split]" -> an image folder."""
   if dataset is None or dataset == "":
-    return resolve_data(config.data)["eval"]
+    dataset = resolve_data(config.data)["eval"]
   if hasattr(dataset, "to_dict"):
     return dataset.to_dict()
   if isinstance(dataset, dict):
-    return dict(dataset)
+    return dict(dataset)  # a copy: callers add fields
   name, _, split = str(dataset).partition(":")
   if name == "folder":
     path, _, split = split.rpartition(":") if split.count(":") else (split, "", "")
