@@ -1,7 +1,10 @@
-"""A params-only checkpoint: float32 weights (Orbax) plus the model config that built them.
+"""A params-only checkpoint: weights (Orbax) plus the model config that built them.
 
-  DIR/params             Orbax PyTree checkpoint of the params (nested dict of float32 arrays)
+  DIR/params             Orbax PyTree checkpoint of the params (nested dict of float32 arrays,
+                         or bfloat16 ones when saved so, to halve the size)
   DIR/model_config.json  the ModelConfig, so a loader needs nothing but DIR
+  DIR/tokenizer.json     optional: the tokenizer's spec, next to its file (a SentencePiece
+                         .model or CLIP's BPE vocabulary), so that captions decode anywhere
 
 Written by weight converters (`coca_jax.convert`) and read by anything that needs weights
 without optimizer state. The config travels with the weights because the params alone do not
@@ -10,9 +13,10 @@ say how to run them (layer norm eps, pooler layout, legacy CLS mask, ...).
 import dataclasses
 import json
 import os
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import jax
+import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -20,18 +24,28 @@ from coca_jax.model.config import ModelConfig, from_dict
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config.json"
+TOKENIZER = "tokenizer.json"
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
-def save(directory: str, params: Any, model_config) -> None:
-  """Writes params (cast to float32) and the validated model config under `directory`."""
+def save(directory: str, params: Any, model_config, *, tokenizer: Any = None,
+         dtype: str = "float32") -> None:
+  """Writes params (cast to `dtype`: float32 or bfloat16), the validated model config and,
+  when given (a Tokenizer or a `coca_jax.tokenizers.load` spec), the tokenizer under
+  `directory`."""
   directory = os.path.abspath(directory)  # Orbax wants absolute paths
   cfg = from_dict(model_config)
-  params = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params)
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} not in {sorted(DTYPES)}")
+  params = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32).astype(DTYPES[dtype]), params)
   os.makedirs(directory, exist_ok=True)
   with ocp.PyTreeCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, PARAMS), params)
   with open(os.path.join(directory, MODEL_CONFIG), "w") as f:
     json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
+  if tokenizer is not None:
+    from coca_jax import tokenizers  # pylint: disable=g-import-not-at-top
+    tokenizers.load(tokenizer).save(directory)  # its file, and tokenizer.json naming it
 
 
 def load_model_config(directory: str) -> ModelConfig:
@@ -39,8 +53,16 @@ def load_model_config(directory: str) -> ModelConfig:
     return from_dict(json.load(f))
 
 
+def load_tokenizer(directory: str) -> Optional[Any]:
+  """The tokenizer saved with the params, or None when there is none."""
+  if not os.path.exists(os.path.join(directory, TOKENIZER)):
+    return None
+  from coca_jax import tokenizers  # pylint: disable=g-import-not-at-top
+  return tokenizers.load(os.path.abspath(directory))
+
+
 def load(directory: str) -> Tuple[Any, ModelConfig]:
-  """-> (params as a nested dict of NumPy float32 arrays, ModelConfig)."""
+  """-> (params as a nested dict of NumPy arrays, in the dtype saved, ModelConfig)."""
   directory = os.path.abspath(directory)
   path = os.path.join(directory, PARAMS)
   with ocp.PyTreeCheckpointer() as checkpointer:

@@ -1,4 +1,5 @@
-"""open_clip CoCa state dict -> coca_jax params, exactly (no tensor left out or guessed).
+"""open_clip CoCa state dict -> coca_jax params, exactly (no tensor left out or guessed), and
+back (`to_open_clip_state_dict`, used by `coca_jax.export`).
 
   python -m coca_jax.convert.open_clip --input=open_clip_model.safetensors \
       --config=configs/openclip_b32.py --output=/tmp/coca_b32
@@ -12,14 +13,14 @@ transposed. Missing, unexpected and mis-shaped tensors are collected and raised 
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Container, Dict, Mapping, Tuple
 
 import flax
 import numpy as np
 from flax import traverse_util
 
 from coca_jax.model.config import from_dict
-from coca_jax.model.layer_stacking import stack_layers
+from coca_jax.model.layer_stacking import stack_layers, unstack_layers
 from coca_jax.model.summary import abstract_params
 
 Shape = Tuple[int, ...]
@@ -57,18 +58,29 @@ _PREFIXES = [
 ]
 _QKV = {"query": (0, "q"), "key": (1, "k"), "value": (2, "v")}
 
-# kind -> (source shape from the target shape, transform from source to target).
-_KINDS: Dict[str, Tuple[Callable[[Shape], Shape], Callable[[np.ndarray, Shape], np.ndarray]]] = {
-    "copy": (lambda t: t, lambda x, t: x),
-    "scalar": (lambda t: (), lambda x, t: x.reshape(())),
+# kind -> (source shape from the target shape, transform from source to target, and the
+# inverse: fill(source array, target value) writes the target's part of the source tensor).
+def _whole(inverse):
+  def fill(out, y):
+    out[...] = inverse(y)
+  return fill
+
+
+_KINDS: Dict[str, Tuple[Callable[[Shape], Shape], Callable[[np.ndarray, Shape], np.ndarray],
+                        Callable[[np.ndarray, np.ndarray], None]]] = {
+    "copy": (lambda t: t, lambda x, t: x, _whole(lambda y: y)),
+    "scalar": (lambda t: (), lambda x, t: x.reshape(()), _whole(lambda y: y)),
     # torch Linear (out, in) -> Dense (in, out)
-    "linear": (lambda t: (t[1], t[0]), lambda x, t: x.T),
+    "linear": (lambda t: (t[1], t[0]), lambda x, t: x.T, _whole(lambda y: y.T)),
     # torch Conv2d OIHW -> Flax Conv HWIO
-    "conv": (lambda t: (t[3], t[2], t[0], t[1]), lambda x, t: x.transpose(2, 3, 1, 0)),
+    "conv": (lambda t: (t[3], t[2], t[0], t[1]), lambda x, t: x.transpose(2, 3, 1, 0),
+             _whole(lambda y: y.transpose(3, 2, 0, 1))),
     # separate q/k/v projection (heads*head_dim, in) -> DenseGeneral (in, heads, head_dim)
-    "head_kernel": (lambda t: (t[1] * t[2], t[0]), lambda x, t: x.T.reshape(t)),
+    "head_kernel": (lambda t: (t[1] * t[2], t[0]), lambda x, t: x.T.reshape(t),
+                    _whole(lambda y: y.reshape(y.shape[0], -1).T)),
     # out_proj (out, heads*head_dim) -> DenseGeneral (heads, head_dim, out)
-    "out_kernel": (lambda t: (t[2], t[0] * t[1]), lambda x, t: x.T.reshape(t)),
+    "out_kernel": (lambda t: (t[2], t[0] * t[1]), lambda x, t: x.T.reshape(t),
+                   _whole(lambda y: y.reshape(-1, y.shape[-1]).T)),
 }
 
 
@@ -82,10 +94,15 @@ def _fused(index: int, is_bias: bool):
     width = x.shape[0] // 3
     part = x[index * width:(index + 1) * width]
     return part.reshape(t) if is_bias else part.T.reshape(t)
-  return source_shape, transform
+
+  def fill(out, y):
+    width = out.shape[0] // 3
+    out[index * width:(index + 1) * width] = (
+        y.reshape(-1) if is_bias else y.reshape(y.shape[0], -1).T)
+  return source_shape, transform, fill
 
 
-def _layer_rule(prefix: str, rest: str, state_dict: Mapping[str, Any]):
+def _layer_rule(prefix: str, rest: str, state_dict: Container[str]):
   """(open_clip name, (source_shape_fn, transform)) for a param inside a block or the pooler."""
   m = re.fullmatch(r"(ln_1|ln_1_kv|ln_2|ln_q|ln_k)/(scale|bias)", rest)
   if m:
@@ -115,7 +132,9 @@ def _layer_rule(prefix: str, rest: str, state_dict: Mapping[str, Any]):
   return None
 
 
-def _rule(path: str, state_dict: Mapping[str, Any]):
+def _rule(path: str, state_dict: Container[str]):
+  """(open_clip name, kind) for one of our params; `state_dict` holds (at least) the open_clip
+  names present, which decides between fused and separate q/k/v weights."""
   if path in _DIRECT:
     name, kind = _DIRECT[path]
     return name, _KINDS[kind]
@@ -147,7 +166,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_config) -> Dict[str,
     if rule is None:
       problems[f"no open_clip tensor maps to {path}"] = None
       continue
-    name, (source_shape, transform) = rule
+    name, (source_shape, transform, _) = rule
     if name not in state_dict:
       problems[f"missing tensor {name} (for {path})"] = None
       continue
@@ -175,6 +194,40 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_config) -> Dict[str,
     if shapes(params) != shapes(flax.linen.unbox(abstract_params(cfg))):
       raise ValueError("stacked params do not match the scanned model's params")
   return params
+
+
+def to_open_clip_state_dict(params: Mapping[str, Any], model_config) -> Dict[str, np.ndarray]:
+  """The inverse of `convert_state_dict`: coca_jax params (unrolled or scanned, as the config
+  says) -> open_clip CoCa state dict (name -> float32 NumPy array) that open_clip's
+  `load_state_dict` accepts, for a model config in open_clip's layout (pooler layout "single").
+  """
+  cfg = from_dict(model_config)
+  params = flax.linen.unbox(params)
+  if cfg.scan_layers:
+    params = unstack_layers(params)
+  unrolled = dataclasses.replace(cfg, scan_layers=False)
+  target = traverse_util.flatten_dict(flax.linen.unbox(abstract_params(unrolled)), sep="/")
+  flat = traverse_util.flatten_dict(dict(params), sep="/")
+  problems = [f"missing param {p}" for p in sorted(set(target) - set(flat))]
+  problems += [f"unexpected param {p}" for p in sorted(set(flat) - set(target))]
+  # torch keeps separate q/k/v weights only where the key width differs from the query width.
+  separate = {f"visual.attn_pool.attn.{x}_proj_weight" for x in "qkv"
+              if cfg.vision.width != cfg.embed_dim}
+  state_dict = {}
+  for path in sorted(set(target) & set(flat)):
+    y, shape = np.asarray(flat[path], np.float32), tuple(target[path].shape)
+    rule = _rule(path, separate)
+    if y.shape != shape:
+      problems.append(f"mis-shaped param {path}: shape {_fmt(y.shape)}, expected {_fmt(shape)}")
+    elif rule is None:
+      problems.append(f"no open_clip tensor for {path} (not open_clip's layout)")
+    else:
+      name, (source_shape, _, fill) = rule
+      fill(state_dict.setdefault(name, np.zeros(source_shape(shape), np.float32)), y)
+  if problems:
+    raise ValueError(f"params do not convert to an open_clip state dict "
+                     f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+  return state_dict
 
 
 def load_state_dict(path: str) -> Dict[str, np.ndarray]:

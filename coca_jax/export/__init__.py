@@ -1,0 +1,160 @@
+"""Params for other JAX projects: export a checkpoint to one self-contained directory, load it.
+
+  python -m coca_jax.export --checkpoint=PATH --output=DIR [--dtype=float32|bfloat16] \
+      [--tokenizer=SPEC]
+
+  model, params, tokenizer = coca_jax.load(DIR)   # needs DIR and coca_jax, nothing else
+
+DIR is a params-only checkpoint (`coca_jax.params_checkpoint`): params/ (Orbax), the model
+config, and the tokenizer (tokenizer.json next to its SentencePiece model or CLIP BPE vocabulary).
+A model in open_clip's layout (the `openclip_*` configs) also gets open_clip_model.safetensors and
+open_clip_config.json, which open_clip reads back:
+
+  model = open_clip.coca_model.CoCa(**json.load(open("DIR/open_clip_config.json")))
+  model.load_state_dict(safetensors.torch.load_file("DIR/open_clip_model.safetensors"))
+
+PATH is a params directory (`python -m coca_jax.convert.open_clip` writes one).
+"""
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+# Imported by `import coca_jax` (for `coca_jax.load`): heavier modules (Orbax, open_clip
+# conversion, safetensors) are imported where they are used.
+
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+CLIP_VOCAB_SIZE = 49408
+
+
+def load_params(path: str):
+  """(params, ModelConfig) from PATH."""
+  # The trainer's loader, which also reads training workdirs, replaces this line with
+  # `from coca_jax.checkpoint import load_params as read`.
+  from coca_jax.params_checkpoint import load as read  # pylint: disable=g-import-not-at-top
+  return read(path)
+
+
+def default_tokenizer(path: str, cfg) -> Optional[Any]:
+  """The tokenizer a checkpoint was trained with, where that can be known: one saved with it,
+  the `data.tokenizer` of a training workdir's config.json, CLIP's BPE for CLIP's vocabulary
+  size; None otherwise."""
+  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  tokenizer = params_checkpoint.load_tokenizer(path)
+  if tokenizer is not None:
+    return tokenizer
+  config_file = os.path.join(path, "config.json")
+  if os.path.exists(config_file):
+    with open(config_file) as f:
+      spec = json.load(f).get("data", {}).get("tokenizer")
+    if spec:
+      return spec
+  if cfg.text.vocab_size == CLIP_VOCAB_SIZE:
+    return "clip_bpe"
+  return None
+
+
+def _mlp_ratio(mlp_dim: int, width: int) -> float:
+  return mlp_dim / width
+
+
+def open_clip_config(model_config) -> Tuple[Optional[Dict[str, Any]], List[str]]:
+  """(keyword arguments of `open_clip.coca_model.CoCa` for the same model, []), or (None,
+  reasons) when the model is not in a layout open_clip can build."""
+  from coca_jax.model.config import from_dict  # pylint: disable=g-import-not-at-top
+  cfg = from_dict(model_config)
+  v, p, t, d = cfg.vision, cfg.pooler, cfg.text, cfg.decoder
+  needs = {
+      "pooler.layout == 'single'": p.layout == "single",
+      "vision.class_token": v.class_token,
+      "vision.pre_norm": v.pre_norm,
+      "not vision.patch_bias": not v.patch_bias,
+      "text.legacy_cls_mask (open_clip's factory builds no other)": t.legacy_cls_mask,
+      "decoder.mlp_after_self_attention": d.mlp_after_self_attention,
+      "not decoder.tie_embeddings": not d.tie_embeddings,
+      "exact_gelu": cfg.exact_gelu,
+      "qkv_bias": cfg.qkv_bias,
+      "layer_norm_eps == 1e-5": cfg.layer_norm_eps == 1e-5,
+  }
+  for name, mlp, width in (("vision", v.mlp_dim, v.width), ("text", t.mlp_dim, t.width),
+                           ("decoder", d.mlp_dim, t.width)):
+    needs[f"{name}.mlp_dim == int(width * mlp_dim / width) (open_clip's mlp_ratio)"] = (
+        int(width * _mlp_ratio(mlp, width)) == mlp)
+  reasons = [name for name, ok in needs.items() if not ok]
+  if reasons:
+    return None, reasons
+  return {
+      "embed_dim": cfg.embed_dim,
+      "vision_cfg": dict(image_size=v.image_size, patch_size=v.patch_size, width=v.width,
+                         layers=v.depth, head_width=v.width // v.num_heads,
+                         mlp_ratio=_mlp_ratio(v.mlp_dim, v.width), attentional_pool=True,
+                         attn_pooler_queries=p.num_queries, attn_pooler_heads=p.num_heads,
+                         output_tokens=True),
+      "text_cfg": dict(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
+                       heads=t.num_heads, layers=t.depth,
+                       mlp_ratio=_mlp_ratio(t.mlp_dim, t.width), embed_cls=True,
+                       pad_id=t.pad_id, output_tokens=True),
+      "multimodal_cfg": dict(context_length=t.context_length, vocab_size=t.vocab_size,
+                             width=t.width, heads=d.num_heads, layers=d.depth,
+                             mlp_ratio=_mlp_ratio(d.mlp_dim, t.width)),
+      "pad_id": t.pad_id,
+  }, []
+
+
+def export(checkpoint: str, output: str, dtype: str = "float32",
+           tokenizer: Any = "auto") -> Dict[str, Any]:
+  """Writes `output` (see the module docstring); returns what was written. `tokenizer`: a spec
+  for `coca_jax.tokenizers.load`, "auto" (`default_tokenizer`) or None."""
+  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(output, params_checkpoint.PARAMS)):
+    raise FileExistsError(f"{output} already holds params; choose an empty directory")
+  params, cfg = load_params(checkpoint)
+  if tokenizer == "auto":
+    tokenizer = default_tokenizer(checkpoint, cfg)
+  params_checkpoint.save(output, params, cfg, tokenizer=tokenizer, dtype=dtype)
+  written = {"output": os.path.abspath(output), "dtype": dtype,
+             "params": int(sum(np.size(x) for x in _leaves(params))), "tokenizer": None}
+  if os.path.exists(os.path.join(output, params_checkpoint.TOKENIZER)):
+    with open(os.path.join(output, params_checkpoint.TOKENIZER)) as f:
+      written["tokenizer"] = json.load(f)
+  else:
+    written["warning"] = "no tokenizer: captions cannot be decoded; pass --tokenizer=SPEC"
+  kwargs, reasons = open_clip_config(cfg)
+  if kwargs is None:
+    written["open_clip"] = "not written: " + "; ".join(reasons)
+    return written
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from coca_jax.convert.open_clip import to_open_clip_state_dict  # pylint: disable=g-import-not-at-top
+  state_dict = to_open_clip_state_dict(params, cfg)
+  storage = params_checkpoint.DTYPES[dtype]
+  save_file({k: np.ascontiguousarray(v.astype(storage)) for k, v in state_dict.items()},
+            os.path.join(output, OPEN_CLIP_WEIGHTS))
+  with open(os.path.join(output, OPEN_CLIP_CONFIG), "w") as f:
+    json.dump(kwargs, f, indent=2, sort_keys=True)
+  written["open_clip"] = os.path.join(written["output"], OPEN_CLIP_WEIGHTS)
+  return written
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    for value in tree.values():
+      yield from _leaves(value)
+  else:
+    yield tree
+
+
+def load(directory: str, dtype: Optional[str] = None):
+  """-> (CoCa module, params, tokenizer or None) from an exported directory.
+
+  params: a nested dict of NumPy arrays, as stored (float32 or bfloat16) or cast to `dtype`;
+  `model.apply({"params": params}, ...)` computes in the model config's dtype either way.
+  """
+  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  from coca_jax.model import create_model  # pylint: disable=g-import-not-at-top
+  params, cfg = params_checkpoint.load(directory)
+  if dtype is not None:
+    import jax  # pylint: disable=g-import-not-at-top
+    params = jax.tree.map(lambda x: x.astype(params_checkpoint.DTYPES[dtype]), params)
+  return create_model(cfg), params, params_checkpoint.load_tokenizer(directory)
