@@ -1,5 +1,6 @@
 """The caption evaluator on the embedded dataset: keys the trainer prints, exact example count,
 the blank-image baseline and the gallery picture."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +29,7 @@ def _setup(num_examples=10, gallery=3, batch_size=8):
   size, length = config.model.vision.image_size, config.data.text_length
   params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                       jnp.zeros((1, length), jnp.int32))["params"]
+  params = nn.unbox(params)
   mesh = sharding.make_mesh({"data": -1})
   return config, model, params, mesh, tokenizers.load(config.data.tokenizer)
 

@@ -3,6 +3,7 @@ example counted exactly once whatever the device count (the split does not divid
 generative zero-shot equal to a brute-force likelihood ranking."""
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,7 @@ def _micro_model_and_params():
   size, length = config.model.vision.image_size, config.data.text_length
   params = model.init(jax.random.key(1), jnp.zeros((1, size, size, 3)),
                       jnp.zeros((1, length), jnp.int32))["params"]
+  params = nn.unbox(params)
   return model, params
 
 

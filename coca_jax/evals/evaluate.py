@@ -57,12 +57,20 @@ def load_model(config, path, mesh, rules):
   example = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, config.data.text_length), jnp.int32))
   boxed = jax.eval_shape(lambda k: model.init(k, *example)["params"], jax.random.key(0))
   shardings = sharding.logical_shardings(boxed, mesh, rules)
-  expected = jax.tree.map(lambda x: tuple(x.shape), nn.unbox(boxed))
-  got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
+  expected = _shapes(nn.unbox(boxed))
+  got = _shapes(params)
   if expected != got:
-    raise ValueError(f"{path}: its params do not match its own model config")
+    differ = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+    raise ValueError(f"{path}: its params do not match its own model config; e.g. "
+                     + ", ".join(f"{k}: {got.get(k)} (expected {expected.get(k)})"
+                                 for k in differ[:5]))
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   return model, jax.device_put(params, shardings)
+
+
+def _shapes(tree) -> Dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in flat}
 
 
 def _check_tokenizer(tokenizer, model):
