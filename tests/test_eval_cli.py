@@ -127,3 +127,5 @@ def test_two_processes_count_every_example_once_and_agree_with_one(tmp_path, par
   lines = (tmp_path / "two0" / "captions.jsonl").read_text().splitlines()
   assert sorted(json.loads(line)["index"] for line in lines) == list(range(37))
   assert "captioning" in single
+  picture = Image.open(tmp_path / "two0" / "retrieval_examples.png")  # top-5 of 4 queries
+  assert picture.width > 5 * 128 and picture.height >= 4 * 128

@@ -1,0 +1,220 @@
+"""Batch inference over a whole dataset, sharded over the devices of every process:
+
+  python -m coca_jax.infer --config=configs/NAME.py --checkpoint=PATH \
+      --dataset=NAME[:SPLIT] --outputs=image_embeddings,text_embeddings,captions --output=DIR
+
+writes into DIR (process 0):
+  image_embeddings.npy   float32 (N, embed_dim), row i = example i of the split (NaN rows: the
+                         image could not be read)
+  text_embeddings.npy    float32 (T, embed_dim), one row per line of texts.jsonl
+  texts.jsonl            {"row", "text", "image"}: every caption of the split (image = its
+                         example), or the lines of --texts
+  captions.jsonl         {"index", "caption", "references"}, in split order
+  manifest.json          what was written, the checkpoint, counts and timings
+Datasets as in eval.py ("" = config.data.eval; "folder:PATH" = a folder of images per class).
+Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature.
+Rows are written as batches finish, so the whole set never sits in memory.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+OUTPUTS = ("image_embeddings", "text_embeddings", "captions")
+
+config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh).",
+                                lock_config=False)
+flags.DEFINE_string("checkpoint", None, "Workdir, checkpoint step, export or converted model.")
+flags.DEFINE_string("dataset", "", "NAME[:SPLIT], folder:PATH[:SPLIT], or '' (data.eval).")
+flags.DEFINE_list("outputs", ["image_embeddings"], f"Any of {OUTPUTS}.")
+flags.DEFINE_string("texts", None, "Embed the lines of this file instead of the captions.")
+flags.DEFINE_string("text_key", None, "Caption feature of the dataset.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.data.data_dir).")
+flags.DEFINE_integer("batch_size", 256, "Global batch (rounded up to fit the mesh).")
+flags.DEFINE_string("output", None, "Directory for the arrays and JSON lines.")
+flags.DEFINE_enum("strategy", "greedy", ["greedy", "beam", "sample"], "Caption decoding.")
+flags.DEFINE_integer("num_beams", 4, "Beam search width.")
+flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
+flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus probability.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_integer("max_len", 0, "Longest caption in tokens (0: config.data.text_length).")
+flags.DEFINE_integer("min_len", 0, "No end token before this many tokens.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.mark_flags_as_required(["config", "checkpoint", "output"])
+
+
+def _writer(path, shape, main: bool):
+  """A .npy file filled row by row (process 0 only; others get None)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  if not main:
+    return None
+  array = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=shape)
+  array[:] = np.nan
+  return array
+
+
+def infer(config, checkpoint_path: str, output_dir: str, dataset="",
+          outputs=("image_embeddings",), texts_file: Optional[str] = None,
+          generation=None, seed: int = 0, batch_size: int = 256) -> Dict:
+  """Runs the chosen outputs; returns the manifest (also written as manifest.json)."""
+  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn
+  import jax
+  import numpy as np
+  from etils import epath
+  from coca_jax import decode, distributed, sharding, tokenizers
+  from coca_jax.evals import common, evaluate, zero_shot
+  from coca_jax.evals.captions import generation_config
+  # pylint: enable=import-outside-toplevel
+  unknown = set(outputs) - set(OUTPUTS)
+  if unknown:
+    raise ValueError(f"outputs {sorted(unknown)}: choose from {OUTPUTS}")
+  distributed.initialize(config.distributed)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = evaluate.logical_rules(config)
+  tokenizer = tokenizers.load(config.data.tokenizer)
+  model, params = evaluate.load_model(config, checkpoint_path, mesh, rules)
+  main = common.main_process()
+  out = epath.Path(output_dir)
+  if main:
+    out.mkdir(parents=True, exist_ok=True)
+  manifest: Dict = {"checkpoint": str(checkpoint_path), "dataset": str(dataset), "files": {}}
+  it = None
+  if "image_embeddings" in outputs or "captions" in outputs or (
+      "text_embeddings" in outputs and not texts_file):
+    it = (common.eval_iterator(config, tokenizer, common.fit_batch(batch_size, mesh), dataset)
+          if main else None)
+    evaluate._barrier("data_ready")  # pylint: disable=protected-access
+    if it is None:
+      it = common.eval_iterator(config, tokenizer, common.fit_batch(batch_size, mesh),
+                                dataset)
+    manifest["examples"] = it.num_examples
+  gen = generation or generation_config(config, tokenizer)
+  rng = jax.random.key(seed)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    if "image_embeddings" in outputs or "captions" in outputs:
+      start = time.perf_counter()
+      embeds = captions_file = None
+      encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_image")[0])
+      if "captions" in outputs and main:
+        captions_file = (out / "captions.jsonl").open("w")
+      progress = common.Progress("infer: images", it.num_examples)
+      for k, batch in enumerate(it):
+        g = sharding.global_batch({key: batch[key] for key in ("images", "index", "mask")},
+                                  mesh)
+        found = {"index": g["index"], "mask": g["mask"]}
+        if "image_embeddings" in outputs:
+          found["embed"] = encode(params, g["images"])
+        if "captions" in outputs:
+          found["tokens"] = decode.generate(model, params, g["images"], gen,
+                                            rng=jax.random.fold_in(rng, k)).tokens
+        host = common.gather(found, mesh)
+        order = np.argsort(host["index"])
+        valid = host["mask"][order]
+        index = host["index"][order][valid]
+        if "embed" in host:
+          if embeds is None:
+            embeds = _writer(out / "image_embeddings.npy",
+                             (it.num_examples, host["embed"].shape[-1]), main)
+          if main:
+            embeds[index] = host["embed"][order][valid]
+        if captions_file is not None:
+          for i, row in zip(index, host["tokens"][order][valid]):
+            record = it.source[int(i)]
+            captions_file.write(json.dumps({
+                "index": int(i), "caption": tokenizer.decode(row),
+                "references": common.clean_captions(record["captions"])}) + "\n")
+        progress.update(int(valid.sum()))
+      if embeds is not None:
+        embeds.flush()
+        manifest["files"]["image_embeddings.npy"] = list(embeds.shape)
+      if captions_file is not None:
+        captions_file.close()
+        manifest["files"]["captions.jsonl"] = it.num_examples
+      manifest["image_seconds"] = time.perf_counter() - start
+
+    if "text_embeddings" in outputs:
+      start = time.perf_counter()
+      texts, owners = _texts(texts_file, it, common)
+      progress = common.Progress("infer: texts", len(texts), "texts")
+      chunk, array = 65536, None
+      for first in range(0, len(texts), chunk):
+        rows = tokenizer.encode(texts[first:first + chunk], config.data.text_length)
+        e = zero_shot.encode_texts(model, params, rows, batch_size, mesh, progress)
+        if array is None:
+          array = _writer(out / "text_embeddings.npy", (len(texts), e.shape[-1]), main)
+        if main:
+          array[first:first + len(e)] = e
+      if main:
+        with (out / "texts.jsonl").open("w") as f:
+          for row, (text, owner) in enumerate(zip(texts, owners)):
+            f.write(json.dumps({"row": row, "text": text, "image": owner}) + "\n")
+      if array is not None:
+        array.flush()
+        manifest["files"]["text_embeddings.npy"] = list(array.shape)
+      manifest["files"]["texts.jsonl"] = len(texts)
+      manifest["text_seconds"] = time.perf_counter() - start
+
+  if main:
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"wrote {', '.join(manifest['files'])} to {out}", flush=True)
+  return manifest
+
+
+def _texts(texts_file, it, common) -> "tuple[List[str], List[Optional[int]]]":
+  """Lines of a file, or every caption of the split with its example index."""
+  if texts_file:
+    with open(texts_file) as f:
+      lines = [line.rstrip("\n") for line in f if line.strip()]
+    return lines, [None] * len(lines)
+  texts, owners = [], []
+  for index in range(it.num_examples):
+    try:
+      captions = common.clean_captions(it.source[index]["captions"])
+    except Exception:  # pylint: disable=broad-except  (an unreadable record has none)
+      captions = []
+    texts += captions
+    owners += [index] * len(captions)
+  return texts, owners
+
+
+def main(argv):
+  del argv
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  # pylint: disable=import-outside-toplevel
+  from coca_jax import tokenizers
+  from coca_jax.data.pipeline import hide_accelerators_from_tensorflow
+  from coca_jax.evals.captions import generation_config
+  # pylint: enable=import-outside-toplevel
+  hide_accelerators_from_tensorflow()
+  f = flags.FLAGS
+  config = f.config
+  with config.unlocked():
+    if f.data_dir is not None:
+      config.data.data_dir = f.data_dir
+    if f.max_len:
+      config.evals.max_caption_length = f.max_len
+  dataset = f.dataset
+  if f.text_key:
+    from coca_jax.evals import common  # pylint: disable=import-outside-toplevel
+    dataset = {**common.dataset_spec(config, dataset), "text_key": f.text_key}
+  tokenizer = tokenizers.load(config.data.tokenizer)
+  generation = generation_config(config, tokenizer, strategy=f.strategy)
+  generation = dataclasses.replace(
+      generation, min_len=f.min_len, num_beams=f.num_beams, top_k=f.top_k, top_p=f.top_p,
+      temperature=f.temperature)
+  infer(config, f.checkpoint, f.output, dataset, tuple(f.outputs), f.texts, generation,
+        f.seed, f.batch_size)
+
+
+if __name__ == "__main__":
+  app.run(main)

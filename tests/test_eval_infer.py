@@ -1,0 +1,75 @@
+"""Batch inference: every example once, rows in split order, equal to the model run directly;
+the command line with a texts file and beam-search captions."""
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coca_jax import data, params_checkpoint, tokenizers
+from coca_jax.infer import infer
+from coca_jax.model import create_model
+from train_fixtures import MICRO_TRAIN, ROOT, micro_config, subprocess_env
+
+SPLIT = "coca_shapes:validation[:21]"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  config = micro_config()
+  model = create_model(config.model)
+  params = nn.unbox(model.init(jax.random.key(5), jnp.zeros((1, 16, 16, 3)),
+                               jnp.zeros((1, 16), jnp.int32))["params"])
+  directory = tmp_path_factory.mktemp("params")
+  params_checkpoint.save(str(directory), params, config.model)
+  return directory, model, params
+
+
+def test_infer_writes_every_example_in_split_order(tmp_path, saved):
+  directory, model, params = saved
+  config = micro_config()
+  manifest = infer(config, str(directory), str(tmp_path), SPLIT,
+                   ("image_embeddings", "text_embeddings", "captions"), batch_size=8)
+  assert manifest["examples"] == 21
+  images = np.load(tmp_path / "image_embeddings.npy")
+  texts = np.load(tmp_path / "text_embeddings.npy")
+  assert images.shape == (21, 32) and texts.shape == (84, 32)
+  assert np.isfinite(images).all() and np.isfinite(texts).all()
+  # The same rows, computed directly on one device in one batch.
+  tok = tokenizers.load(config.data.tokenizer)
+  it = data.build_eval_iterator(config.data, global_batch_size=21, process_index=0,
+                                process_count=1, tokenizer=tok,
+                                dataset={"name": "coca_shapes", "split": "validation[:21]"})
+  batch = next(iter(it))
+  direct = model.apply({"params": params}, jnp.asarray(batch["images"]), method="encode_image")[0]
+  np.testing.assert_allclose(images, np.asarray(direct), atol=1e-5)
+  lines = [json.loads(x) for x in (tmp_path / "texts.jsonl").read_text().splitlines()]
+  assert [x["image"] for x in lines] == [i for i in range(21) for _ in range(4)]
+  tokens = tok.encode([x["text"] for x in lines[:5]], config.data.text_length)
+  direct = model.apply({"params": params}, jnp.asarray(tokens), method="encode_text")[0]
+  np.testing.assert_allclose(texts[:5], np.asarray(direct), atol=1e-5)
+  captions = [json.loads(x) for x in (tmp_path / "captions.jsonl").read_text().splitlines()]
+  assert [c["index"] for c in captions] == list(range(21))
+  assert all(len(c["references"]) == 4 for c in captions)
+
+
+def test_infer_command_line(tmp_path, saved):
+  directory, _, _ = saved
+  (tmp_path / "texts.txt").write_text("a red circle\n\na blue square on the left\n")
+  command = [sys.executable, "-m", "coca_jax.infer", f"--config={MICRO_TRAIN}",
+             f"--checkpoint={directory}", f"--dataset={SPLIT}",
+             "--outputs=text_embeddings,captions", f"--texts={tmp_path / 'texts.txt'}",
+             "--strategy=beam", "--num_beams=2", "--batch_size=8",
+             f"--output={tmp_path / 'out'}"]
+  result = subprocess.run(command, env=subprocess_env(2), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert np.load(tmp_path / "out" / "text_embeddings.npy").shape == (2, 32)
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert manifest["files"]["captions.jsonl"] == 21
+  assert len((tmp_path / "out" / "captions.jsonl").read_text().splitlines()) == 21
+  assert "infer: images: 21/21" in result.stdout
