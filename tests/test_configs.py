@@ -43,3 +43,34 @@ def test_two_b_needs_tied_embeddings():
 
 def test_tiny_config_is_tiny():
   assert count_params(load_config("tiny").model)["total"] < 2e6
+
+
+def load_config_arg(name, arg):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", ["coca_base", "coca_large", "coca_2b"])
+def test_paper_configs_carry_the_paper_recipe(name):
+  config = load_config(name)
+  assert config.global_batch_size == 65536 and config.num_train_steps == 500_000
+  opt = config.optimizer
+  assert (opt.name, opt.b1, opt.b2, opt.weight_decay) == ("adafactor", 0.9, 0.999, 0.01)
+  assert (opt.learning_rate, opt.warmup_fraction, opt.decay) == (8e-4, 0.02, "linear")
+  assert (config.loss.contrastive_weight, config.loss.caption_weight) == (1.0, 2.0)
+  model = config.model
+  assert (model.vision.image_size, model.vision.patch_size) == (288, 18)
+  assert model.text.vocab_size == 64000 and model.pooler.layout == "cascade"
+  assert config.data.image_size == 288
+  assert dict(config.mesh) == {"slice": 1, "data": 1, "fsdp": -1, "tensor": 1}
+
+
+@pytest.mark.parametrize("name", ["coca_base", "coca_2b"])
+def test_paper_smoke_variant_passes_the_checks(name):
+  from coca_jax import config_checks  # pylint: disable=import-outside-toplevel
+  config = load_config_arg(name, "smoke")
+  config.global_batch_size, config.num_train_steps = 8, 2
+  config_checks.check(config)
+  assert config.data.tokenizer == "embedded"
