@@ -51,6 +51,8 @@ setuptools.setup(
             "open_clip_torch",
             # open_clip's generate() needs BeamSearchScorer, gone from later releases.
             "transformers==4.55.4",
+            # the reference our CIDEr / BLEU-4 are compared with
+            "pycocoevalcap==1.2",
         ],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     },
