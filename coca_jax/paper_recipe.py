@@ -28,13 +28,13 @@ def paper_config(model: dict, smoke: bool = False):
   config.eval_every_steps = 10_000
   text_length = model["text"]["context_length"]
   if smoke:
-    config.data = dict(train=dict(name="coca_shapes", split="train"),
+    config.data.update(dict(train=dict(name="coca_shapes", split="train"),
                        eval=dict(name="coca_shapes", split="validation"),
-                       tokenizer="embedded", image_size=288, text_length=text_length)
+                       tokenizer="embedded", image_size=288, text_length=text_length))
     config.evals.captions = False
     config.evals.batch_size = 8
   else:
-    config.data = dict(
+    config.data.update(dict(
         train=dict(
             # JFT-like: a labelled image dataset, class names turned into captions.
             classification=dict(name="my_classification_dataset", format="tfds",
@@ -46,5 +46,5 @@ def paper_config(model: dict, smoke: bool = False):
         eval=dict(name="imagenet2012", split="validation", label_key="label",
                   templates="clip"),
         tokenizer="gs://my-bucket/tokenizers/coca_64k.model",
-        image_size=288, text_length=text_length)
+        image_size=288, text_length=text_length))
   return config

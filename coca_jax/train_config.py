@@ -4,11 +4,19 @@ import ml_collections
 from ml_collections import config_dict
 
 from coca_jax import sharding
+from coca_jax.data.config import DEFAULTS as DATA_DEFAULTS
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Every data field, so that any of them can be overridden from the command line.
+  # (`train` and `eval`, dataset specs, are each config's own.)
+  c.data = {k: v for k, v in DATA_DEFAULTS.items()
+            if v is not None and k not in ("train", "eval")}
+  c.data.data_dir = config_dict.placeholder(str)
+  c.data.mean = config_dict.placeholder(tuple)
+  c.data.std = config_dict.placeholder(tuple)
   c.num_train_steps = 1000
   c.global_batch_size = 64
   # Micro-batches per step; the contrastive loss still spans the whole global batch.

@@ -27,10 +27,10 @@ def get_config():
   )
   # Fine-tuning defaults: open_clip's tokenizer and preprocessing; the embedded dataset until
   # `data.train` / `data.eval` point at your own (see coca_jax/data/sources.py).
-  config.data = dict(train=dict(name="coca_shapes", split="train"),
+  config.data.update(dict(train=dict(name="coca_shapes", split="train"),
                      eval=dict(name="coca_shapes", split="validation"),
                      tokenizer="clip_bpe", image_size=224, text_length=76,
-                     normalization="openai_clip")
+                     normalization="openai_clip"))
   config.optimizer.learning_rate = 1e-5
   config.evals.captions = False
   return config

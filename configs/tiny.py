@@ -17,9 +17,14 @@ def get_config():
       decoder=dict(depth=2, num_heads=2, mlp_dim=256),
       embed_dim=64,
   )
-  config.data = dict(train=dict(name="coca_shapes", split="train"),
+  # As in the paper (half JFT class names as text, half ALIGN alt-text), half of each batch
+  # pairs images with their captions and half with their class name in a prompt template.
+  config.data.update(dict(train=dict(
+                         captions=dict(name="coca_shapes", split="train", weight=0.5),
+                         class_names=dict(name="coca_shapes", split="train", label_key="label",
+                                          templates="coca_shapes", weight=0.5)),
                      eval=dict(name="coca_shapes", split="validation"),
-                     tokenizer="embedded", image_size=32, text_length=24)
+                     tokenizer="embedded", image_size=32, text_length=24))
   config.num_train_steps = 1500
   config.global_batch_size = 64
   config.optimizer.learning_rate = 2e-3

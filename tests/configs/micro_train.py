@@ -12,10 +12,10 @@ def get_config():
       decoder=dict(depth=1, num_heads=2, mlp_dim=64),
       embed_dim=32,
   )
-  config.data = dict(train=dict(name="coca_shapes", split="train"),
+  config.data.update(dict(train=dict(name="coca_shapes", split="train"),
                      eval=dict(name="coca_shapes", split="validation"),
                      tokenizer="embedded", image_size=16, text_length=16, num_threads=1,
-                     prefetch=16)
+                     prefetch=16))
   config.num_train_steps = 6
   config.global_batch_size = 16
   config.optimizer.warmup_steps = 2
