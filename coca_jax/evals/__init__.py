@@ -142,9 +142,14 @@ def zero_shot_prompts(config, spec, source):
   if labels and len(labels) != len(names):
     raise ValueError(f"zero-shot: {len(names)} class names for {len(labels)} labels")
   choice = option(config, "zeroshot_templates")
-  if choice:
-    templates = (imagenet.templates() if choice == "imagenet"
-                 else sources.TEMPLATES[choice] if isinstance(choice, str) else tuple(choice))
+  if isinstance(choice, str) and choice:
+    known = {"imagenet": imagenet.templates(), **sources.TEMPLATES}
+    if choice not in known:
+      raise ValueError(f"config.evals.zeroshot_templates={choice!r}: one of {sorted(known)}, "
+                       "or a list of '{}' templates")
+    templates = known[choice]
+  elif choice:
+    templates = tuple(choice)
   return tuple(names), tuple(templates)
 
 
