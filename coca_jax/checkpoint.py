@@ -6,6 +6,8 @@ Layout of a workdir:
   WORKDIR/checkpoints/<step>/state     params, optimizer state, step, non-finite counters
   WORKDIR/checkpoints/<step>/data      each process's data iterator position (JSON)
 A params-only directory (coca_jax.params_checkpoint) holds params/ and model_config.json.
+Loading params needs neither TensorFlow nor Grain (they are imported only to save or restore a
+training run's data iterator).
 """
 import json
 from typing import Any, Optional, Tuple
@@ -17,7 +19,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from coca_jax import params_checkpoint
-from coca_jax.data.checkpoint import IteratorRestore, IteratorSave
 from coca_jax.model import layer_stacking
 from coca_jax.model.config import from_dict
 
@@ -32,6 +33,7 @@ def make_manager(workdir, max_to_keep: int = 3, async_save: bool = True
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, force=False) -> bool:
   """Saves asynchronously; the state's arrays must be finite (the caller checks)."""
+  from coca_jax.data.checkpoint import IteratorSave  # pylint: disable=g-import-not-at-top
   return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     data=IteratorSave(data_iter)),
                       force=force)
@@ -44,6 +46,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter
   An unreadable checkpoint (truncated file, missing piece) is reported and the previous one is
   tried. Returns (state, step), or (None, None) when there is nothing to resume.
   """
+  from coca_jax.data.checkpoint import IteratorRestore  # pylint: disable=g-import-not-at-top
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(

@@ -31,9 +31,8 @@ CLIP_VOCAB_SIZE = 49408
 
 def load_params(path: str):
   """(params, ModelConfig) from PATH."""
-  # The trainer's loader, which also reads training workdirs, replaces this line with
-  # `from coca_jax.checkpoint import load_params as read`.
-  from coca_jax.params_checkpoint import load as read  # pylint: disable=g-import-not-at-top
+  # Params directories, training workdirs and checkpoint steps alike.
+  from coca_jax.checkpoint import load_params as read  # pylint: disable=g-import-not-at-top
   return read(path)
 
 

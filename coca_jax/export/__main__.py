@@ -5,7 +5,8 @@ from absl import app, flags
 
 from coca_jax.export import export
 
-flags.DEFINE_string("checkpoint", None, "A params directory (the converter's output).")
+flags.DEFINE_string("checkpoint", None, "A training workdir (latest checkpoint), a checkpoint "
+                    "step, a params directory or a converted open_clip model.")
 flags.DEFINE_string("output", None, "Directory to write.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Storage dtype of the params.")
 flags.DEFINE_string("tokenizer", "auto", "A coca_jax.tokenizers spec; 'auto': the one saved "
