@@ -153,6 +153,24 @@ def test_greedy_without_forced_end(paper):
   np.testing.assert_array_equal(got, reference_greedy(model, variables, images, cfg))
 
 
+def test_tied_embeddings_and_training_settings():
+  """Tied output projection: exact against recomputation. bfloat16 with scanned, rematerialised
+  layers and dropout configured (inactive when generating): well-formed captions."""
+  model, variables, images = init_model(MICRO, False, decoder__tie_embeddings=True)
+  cfg = greedy_config(stop_on_pad=False)
+  np.testing.assert_array_equal(decode.generate(model, variables, images, cfg).tokens,
+                                reference_greedy(model, variables, images, cfg))
+  model, variables, images = init_model(MICRO, True, dtype="bfloat16", remat_policy="full",
+                                        dropout_rate=0.1)
+  for strategy in ("greedy", "beam"):
+    tokens = np.asarray(decode.generate(model, variables, images,
+                                        greedy_config(strategy=strategy, num_beams=3)).tokens)
+    for row in tokens:
+      stops = (EOS, PAD) if strategy == "greedy" else (EOS,)  # beams treat PAD as a token
+      end = next(i for i in range(1, MAX_LEN) if row[i] in stops)
+      assert row[0] == BOS and (row[end + 1:] == PAD).all(), row
+
+
 # --- beam search --------------------------------------------------------------------------
 
 def test_one_beam_equals_greedy(paper):
