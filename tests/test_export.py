@@ -167,3 +167,8 @@ def test_default_tokenizer(small, checkpoint, tmp_path):
   assert isinstance(tokenizer, tokenizers.SentencePieceTokenizer)
   with pytest.raises(FileExistsError):
     export.export(saved, saved)
+  workdir = tmp_path / "workdir"
+  (workdir / "checkpoints" / "100").mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"data": {"tokenizer": "clip_bpe:/x.gz"}}))
+  for path in (workdir, workdir / "checkpoints" / "100"):
+    assert export.default_tokenizer(str(path), cfg) == "clip_bpe:/x.gz"

@@ -13,7 +13,8 @@ open_clip_config.json, which open_clip reads back:
   model = open_clip.coca_model.CoCa(**json.load(open("DIR/open_clip_config.json")))
   model.load_state_dict(safetensors.torch.load_file("DIR/open_clip_model.safetensors"))
 
-PATH is a params directory (`python -m coca_jax.convert.open_clip` writes one).
+PATH is a params directory (`python -m coca_jax.convert.open_clip` writes one), a training
+workdir (its latest checkpoint) or one checkpoint step of a workdir.
 """
 import json
 import os
@@ -44,7 +45,11 @@ def default_tokenizer(path: str, cfg) -> Optional[Any]:
   tokenizer = params_checkpoint.load_tokenizer(path)
   if tokenizer is not None:
     return tokenizer
+  # A workdir holds config.json; a checkpoint step is WORKDIR/checkpoints/<step>.
   config_file = os.path.join(path, "config.json")
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.basename(parent) == "checkpoints":
+    config_file = os.path.join(os.path.dirname(parent), "config.json")
   if os.path.exists(config_file):
     with open(config_file) as f:
       spec = json.load(f).get("data", {}).get("tokenizer")
