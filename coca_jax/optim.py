@@ -9,6 +9,8 @@ and weight decay on weight matrices only.
   b1, b2, eps     moment decay rates; eps (AdamW only)
   weight_decay    decoupled weight decay λ
   grad_clip_norm  global-norm gradient clipping (0: none)
+  min_dim_size_to_factor   Adafactor: matrices whose second-largest side is smaller keep a full
+                  second moment
 
 The Adafactor of the paper (β1 = 0.9, constant β2 = 0.999, decoupled weight decay) is not
 optax's `adafactor` default, which uses β2_t = 1 - t^-0.8, multiplies updates by the parameter's
@@ -93,7 +95,8 @@ def create_optimizer(opt_config, num_steps: int, params) -> optax.GradientTransf
                      weight_decay=opt_config.weight_decay, mask=mask)
   elif name == "adafactor":
     tx = paper_adafactor(lr, b1=opt_config.b1, b2=opt_config.b2,
-                         weight_decay=opt_config.weight_decay, mask=mask)
+                         weight_decay=opt_config.weight_decay, mask=mask,
+                         min_dim_size_to_factor=opt_config.get("min_dim_size_to_factor", 128))
   else:
     raise ValueError(f"config.optimizer.name: {name!r} is not adamw or adafactor")
   clip = opt_config.get("grad_clip_norm", 0.0)

@@ -1,9 +1,21 @@
 """The CoCa paper's pretraining recipe (section 4.1), shared by configs/coca_{base,large,2b}.py.
 
 Global batch 65,536 for 500k steps; Adafactor with β1 = 0.9, β2 = 0.999 and decoupled weight
-decay 0.01 (the exact update is in coca_jax/optim.py); learning rate warmed up linearly over the
+decay λ = 0.01; learning rate warmed up linearly over the
 first 2% of steps to 8e-4, then decayed linearly; λ_con = 1, λ_cap = 2; 288 px images with 18 px
 patches; a 64k SentencePiece vocabulary; fully-sharded data parallel over the whole pod.
+
+The Adafactor update (coca_jax/optim.py; not optax's adafactor defaults, which decay β2 as
+1 - t^-0.8, scale updates by the parameter's norm, clip updates and keep no momentum), for the
+gradient g_t of a weight W (r x c), with η_t the learning-rate schedule:
+  β̂2_t = β2 (1 - β2^(t-1)) / (1 - β2^t)            constant β2, Adam's bias correction
+  R_t = β̂2_t R_{t-1} + (1 - β̂2_t) rowmean(g_t² + 1e-30)
+  C_t = β̂2_t C_{t-1} + (1 - β̂2_t) colmean(g_t² + 1e-30)   (vectors, and matrices with a
+  v̂_t = R_t C_tᵀ / mean(R_t)                             side < 128, keep a full v̂_t)
+  m_t = β1 m_{t-1} + (1 - β1) g_t / sqrt(v̂_t),   m̂_t = m_t / (1 - β1^t)
+  W_t = W_{t-1} - η_t (m̂_t + λ W_{t-1})
+so the weight decay applied at step t is η_t·λ: it follows the schedule (warmup, linear decay).
+No decay on biases, norms, embeddings, CLS/class tokens, pooler queries or the temperature.
 
 The paper's data are JFT-3B (class names turned into text by templates) and ALIGN, half of each
 batch from each. Neither is public: `data` below mixes two datasets of your own the same way

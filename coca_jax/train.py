@@ -35,14 +35,23 @@ def _print(message: str):
     print(message, flush=True)
 
 
-def _drop_misranked_names(tree):
-  """Optimizer statistics whose shape differs from their param (Adafactor's factored rows and
-  columns) inherit the param's axis names; they are small, so they stay replicated."""
-  def fix(x):
-    if isinstance(x, nn.Partitioned) and len(x.names) != len(x.value.shape):
-      return x.value
-    return x
-  return jax.tree.map(fix, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+def _fit_names(tree, mesh, rules):
+  """Keeps a leaf's logical axis names only where they fit its shape on this mesh. Optimizer
+  statistics inherit their param's names even when their shape differs (Adafactor's factored
+  rows and columns, its (1,) placeholders); such small leaves are replicated instead."""
+  def fits(x):
+    if len(x.names) != len(x.value.shape):
+      return False
+    spec = nn.logical_to_mesh_axes(x.names, rules)
+    for size, axes in zip(x.value.shape, spec):
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      if size % int(np.prod([mesh.shape[a] for a in axes])):
+        return False
+    return True
+
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) and not fits(x) else x,
+                      tree,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def train_and_evaluate(config, workdir) -> Dict[str, Any]:
@@ -96,7 +105,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     params = model.init(rng, *example)["params"]
     return train_step_lib.init_state(params, tx)
 
-  boxed_state = _drop_misranked_names(jax.eval_shape(init_boxed, jax.random.key(0)))
+  boxed_state = _fit_names(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
   state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -113,8 +122,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   else:
     start_step = 0
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)(
-          jax.random.key(config.seed))
+      state = jax.jit(lambda r: nn.unbox(_fit_names(init_boxed(r), mesh, rules)),
+                      out_shardings=state_shardings)(jax.random.key(config.seed))
     if config.init_from:
       state = _init_from(config, state, state_shardings, tx)
 

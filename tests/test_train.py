@@ -58,7 +58,7 @@ def _state_and_step(mesh, rules, accum=1, tx=None):
   boxed = jax.eval_shape(lambda k: model.init(k, images, text)["params"], jax.random.key(0))
   tx = tx or optim.create_optimizer(opt_cfg, 10, nn.unbox(boxed))
   init = lambda k: ts.init_state(model.init(k, images, text)["params"], tx)
-  boxed_state = train_lib._drop_misranked_names(jax.eval_shape(init, jax.random.key(0)))
+  boxed_state = train_lib._fit_names(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
   shardings = sharding.logical_shardings(boxed_state, mesh, rules)
   step = ts.make_train_step(model, tx, optim.schedule(opt_cfg, 10), pad_id=0,
                             accum_steps=accum)
@@ -177,6 +177,21 @@ def test_schedule_warms_up_then_decays():
   np.testing.assert_allclose(lr(20), 8e-4, rtol=1e-5)
   np.testing.assert_allclose(lr(510), 4e-4, rtol=1e-5)
   assert float(lr(1000)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_adafactor_trains_with_factored_statistics_sharded(tmp_path):
+  """Factored second moments have other shapes than their params: they must not inherit the
+  params' axis names (a rank mismatch at init) and training must run on a sharded mesh."""
+  config = micro_config()
+  config.optimizer = dict(name="adafactor", learning_rate=1e-3, warmup_fraction=0.0,
+                          warmup_steps=1, decay="linear", end_learning_rate=0.0, b1=0.9,
+                          b2=0.999, eps=1e-30, weight_decay=0.01, grad_clip_norm=0.0,
+                          min_dim_size_to_factor=16)
+  config.mesh = dict(slice=1, data=2, fsdp=2, tensor=2)
+  config.num_train_steps = 2
+  train_lib.train_and_evaluate(config, tmp_path / "adafactor")
+  params, _ = checkpoint.load_params(tmp_path / "adafactor")
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
 # --- items 8 / 11g: non-finite values -------------------------------------------------------
