@@ -60,11 +60,13 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q, inputs_kv, mask=None, cache=None):
     """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv), mask bool broadcastable to (B, 1, T, S).
 
-    Decoding (`coca_jax.decode`) passes a `cache` dict and gets (out, cache) back:
-      {"key", "value", "index"}: self-attention over cached keys/values (B, S, H, D), after
-          writing inputs_kv's own at position `index` (`mask` hides the unwritten ones);
-      {"key", "value"}: cross-attention to keys/values computed at an earlier step (inputs_kv
-          unused); when they have fewer rows than the queries, each serves a group of
+    Decoding (`coca_jax.decode`) passes a `cache` dict and gets (out, entries to store) back:
+      {"key", "value", "index"}: self-attention over cached keys/values (B, S, H, D) with
+          inputs_kv's own written in at position `index` (`mask` hides the unwritten ones);
+          returns inputs_kv's keys/values, which the caller stores at `index` (the stacked
+          caches of all layers are then updated in place, once per step);
+      {"key", "value"}: cross-attention to keys/values of an earlier step (inputs_kv unused;
+          returns {}); when they have fewer rows than the queries, each serves a group of
           consecutive rows (the beams of one image) so they are never copied per beam;
       {}: inputs_kv's keys/values are computed and returned, for the steps after.
     """
@@ -77,9 +79,11 @@ class MultiHeadAttention(nn.Module):
     q = project("query", inputs_q)
     if cache and "index" not in cache:
       k, v = cache["key"], cache["value"]
+      new = {}
     else:
       k = project("key", inputs_kv)
       v = project("value", inputs_kv)
+      new = {"key": k, "value": v}
       if cache:
         write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
             c, x.astype(c.dtype), cache["index"], axis=1)
@@ -97,4 +101,4 @@ class MultiHeadAttention(nn.Module):
     out = P.constrain(out, ("act_batch", "act_len", "act_embed"))
     if cache is None:
       return out
-    return out, {"key": k, "value": v}
+    return out, new

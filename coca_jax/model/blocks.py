@@ -3,7 +3,8 @@
 A layer's __call__ takes (x, aux) and returns (x, None), the signature nn.scan expects; aux is a
 tuple of inputs shared by every layer (attention mask, cross-attention context). Decoding one
 position at a time (`coca_jax.decode`) adds the layer's cache: (x, aux, cache) -> (x, the cache
-entries it rewrote); aux then ends with the position.
+entries to store: this position's keys/values, the image's at the first step); aux then ends
+with the position.
 """
 from typing import Any, Optional
 
@@ -44,7 +45,8 @@ class SelfAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None, cache=None, index=None):
-    """-> x; with `cache` ({"key", "value"}, decoding position `index`) -> (x, cache)."""
+    """-> x; with `cache` ({"key", "value"}, decoding position `index`) -> (x, the position's
+    keys/values, to store at `index`)."""
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
     y = layer_norm(cfg, "ln_1")(x)
@@ -72,8 +74,9 @@ class CrossAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, context, cache=None):
-    """-> x; with `cache` (decoding) -> (x, cache): {} computes the context's keys and values
-    (once per image), {"key", "value"} reuses them and leaves `context` unused."""
+    """-> x; with `cache` (decoding) -> (x, entries to store): {} computes the context's keys
+    and values (once per image) and returns them; {"key", "value"} reuses them, leaves `context`
+    unused and returns {}."""
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
     q = layer_norm(cfg, "ln_1")(x)
@@ -130,27 +133,29 @@ class MultimodalLayer(nn.Module):
       mask, context = aux
       return cross_attn(self_attn(x, mask), context), None
     # Decoding: the image's keys/values are computed at the first step ("cross" absent), then
-    # only read; the self-attention cache is rewritten at every step.
+    # only read; the self-attention cache grows by one position at every step.
     mask, context, index = aux
-    x, self_cache = self_attn(x, mask, cache["self"], index)
-    x, cross_cache = cross_attn(x, context, cache.get("cross", {}))
+    x, self_new = self_attn(x, mask, cache["self"], index)
+    x, cross_new = cross_attn(x, context, cache.get("cross", {}))
     if "cross" in cache:
-      return x, {"self": self_cache}
-    return x, {"self": self_cache, "cross": cross_cache}
+      return x, {"self": self_new}
+    return x, {"self": self_new, "cross": cross_new}
 
 
 def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache=None,
-               **layer_kwargs):
+               index=None, **layer_kwargs):
   """Runs `depth` layers inside the calling compact module: scanned or unrolled, with remat.
 
   Scanned params are stacked under `name` with a leading `layers` axis; unrolled ones live under
   `name_0` ... `name_{depth-1}` (`coca_jax.model.layer_stacking` converts between the two).
-  With a decoding `cache` (every leaf with a leading layer axis, scanned or not: one layout for
-  `coca_jax.decode`), layer i gets slice i, and (x, cache with the rewritten entries) returns.
+  Decoding position `index` with a `cache` (every leaf with a leading layer axis, scanned or not:
+  one layout for `coca_jax.decode`): layer i reads slice i, and (x, updated cache) returns.
   """
   if cfg.remat_policy != "none" and cache is None:
     layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
                          prevent_cse=not cfg.scan_layers)
+  if cache is not None:
+    aux = aux + (index,)
   if cfg.scan_layers:
     stack = nn.scan(layer_cls, variable_axes={"params": 0},
                     split_rngs={"params": True, "dropout": True},
@@ -160,16 +165,29 @@ def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache
     if cache is None:
       x, _ = layers(x, aux)
       return x
-    x, rewritten = layers(x, aux, cache)
-    return x, {**cache, **rewritten}
-  rewritten = []
+    x, new = layers(x, aux, cache)
+    return x, store(cache, new, index)
+  new = []
   for i in range(depth):
     layer = layer_cls(cfg=cfg, name=f"{name}_{i}", **layer_kwargs)
     if cache is None:
       x, _ = layer(x, aux)
     else:
       x, entries = layer(x, aux, jax.tree.map(lambda c, i=i: c[i], cache))
-      rewritten.append(entries)
+      new.append(entries)
   if cache is None:
     return x
-  return x, {**cache, **jax.tree.map(lambda *c: jnp.stack(c), *rewritten)}
+  return x, store(cache, jax.tree.map(lambda *c: jnp.stack(c), *new), index)
+
+
+def store(cache, new, index):
+  """The cache after a decoding step: every layer's keys/values of the position written at
+  `index` in one update of the stacked arrays (in place: copying per layer would move the whole
+  cache once per layer and step); cross-attention ones (first step) kept whole."""
+  cache = dict(cache)
+  cache["self"] = jax.tree.map(
+      lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), index, axis=2),
+      cache["self"], new["self"])
+  if "cross" in new:
+    cache["cross"] = new["cross"]
+  return cache

@@ -36,7 +36,7 @@ class MultimodalDecoder(nn.Module):
       causal = jnp.arange(cache["self"]["key"].shape[2]) <= index  # keys written so far
       context = None if image_tokens is None else image_tokens.astype(dtype)
       x, cache = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
-                            (causal, context, index), cache=cache, **layer_kwargs)
+                            (causal, context), cache=cache, index=index, **layer_kwargs)
     x = layer_norm(cfg, "ln_final")(x)
     if self.tied_embedding is not None:
       logits = self.tied_embedding.attend(x)

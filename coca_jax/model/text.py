@@ -70,8 +70,8 @@ class UnimodalTextDecoder(nn.Module):
       x = self.token_embedding(token).astype(dtype)
       x = x + jax.lax.dynamic_slice_in_dim(self._pos_embedding(), index, 1).astype(dtype)
       keys = text_key_mask(text, t)[:, :length] & (jnp.arange(length) <= index)
-      return run_layers(EncoderLayer, t.depth, cfg, "layers", x, (keys[:, None, None], index),
-                        cache=cache, num_heads=t.num_heads, mlp_dim=t.mlp_dim,
+      return run_layers(EncoderLayer, t.depth, cfg, "layers", x, (keys[:, None, None],),
+                        cache=cache, index=index, num_heads=t.num_heads, mlp_dim=t.mlp_dim,
                         deterministic=self.deterministic)
     x = self.token_embedding(text).astype(dtype)
     cls = self.param("cls_embedding", P.param_init(nn.initializers.normal(0.02), ("embed",)),
