@@ -2,4 +2,4 @@
 from coca_jax.model import CoCa, ModelConfig, create_model
 from coca_jax.export import load
 
-__all__ = ["CoCa", "ModelConfig", "create_model"]
+__all__ = ["CoCa", "ModelConfig", "create_model", "load"]
