@@ -20,7 +20,7 @@ import numpy as np
 
 from coca_jax import checkpoint, config_checks, data, distributed, optim, sharding
 from coca_jax import tokenizers, train_step as train_step_lib
-from coca_jax.evals import run_evaluators
+from coca_jax.evals import build as build_evaluators, run_evaluators
 from coca_jax.model import create_model
 from coca_jax.model.summary import count_params
 
@@ -154,7 +154,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
            f"temporaries {memory.temp_size_in_bytes / 2**20:.1f})")
 
   # --- evaluators ------------------------------------------------------------------------
-  evaluators = _build_evaluators(config, model, mesh, tokenizer)
+  evaluators = build_evaluators(config, model, mesh, tokenizer)
 
   # --- preemption ------------------------------------------------------------------------
   stop = {"signal": None}
@@ -330,8 +330,3 @@ def _final_report(results: Dict[str, Any], config, workdir) -> str:
   if gallery.exists():
     lines.append(f"  caption gallery: {gallery}")
   return "\n".join(lines)
-
-
-def _build_evaluators(config, model, mesh, tokenizer):
-  from coca_jax.evals import build  # pylint: disable=import-outside-toplevel
-  return build(config, model, mesh, tokenizer)
