@@ -11,6 +11,9 @@ and weight decay on weight matrices only.
   grad_clip_norm  global-norm gradient clipping (0: none)
   min_dim_size_to_factor   Adafactor: matrices whose second-largest side is smaller keep a full
                   second moment
+  layer_decay     layer-wise learning-rate decay of the image encoder (1.0: none): its layer i
+                  (1-based, of L) learns at decay^(L + 1 - i) times the rate, its patch and
+                  position embeddings at decay^(L + 1), everything after it at the full rate
 
 The Adafactor of the paper (β1 = 0.9, constant β2 = 0.999, decoupled weight decay) is not
 optax's `adafactor` default, which uses β2_t = 1 - t^-0.8, multiplies updates by the parameter's
@@ -86,6 +89,41 @@ def paper_adafactor(learning_rate, b1=0.9, b2=0.999, weight_decay=0.01, mask=Non
   )
 
 
+def layer_scales(params, decay: float):
+  """Per-leaf learning-rate factors for layer-wise decay of the image encoder ("visual").
+
+  Unrolled layers (`layers_{i}`) get one factor each; scanned layers (`layers`, a leading layer
+  axis) get a (L, 1, ...) array that broadcasts along that axis.
+  """
+  visual = params.get("visual", {}) if hasattr(params, "get") else {}
+  depth = sum(1 for k in visual if k.startswith("layers_"))
+  if "layers" in visual:
+    depth = jax.tree.leaves(visual["layers"])[0].shape[0]
+
+  def scale(path, leaf):
+    keys = [getattr(k, "key", None) for k in path]
+    if keys[0] != "visual":
+      return jnp.ones((), jnp.float32)
+    if len(keys) > 1 and keys[1] == "layers":
+      layer = jnp.arange(1, depth + 1, dtype=jnp.float32)
+      return (decay ** (depth + 1 - layer)).reshape((depth,) + (1,) * (leaf.ndim - 1))
+    if len(keys) > 1 and keys[1].startswith("layers_"):
+      return jnp.asarray(decay ** (depth - int(keys[1].split("_")[1])), jnp.float32)
+    return jnp.asarray(decay ** (depth + 1), jnp.float32)  # embeddings, before the layers
+
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_layer(params, decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by its layer's factor (`layer_scales`); no state."""
+  def update(updates, state, params=None):
+    del params
+    scales = layer_scales(updates, decay)
+    return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+  del params
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def create_optimizer(opt_config, num_steps: int, params) -> optax.GradientTransformation:
   lr = schedule(opt_config, num_steps)
   mask = weight_decay_mask(params)
@@ -99,5 +137,11 @@ def create_optimizer(opt_config, num_steps: int, params) -> optax.GradientTransf
                          min_dim_size_to_factor=opt_config.get("min_dim_size_to_factor", 128))
   else:
     raise ValueError(f"config.optimizer.name: {name!r} is not adamw or adafactor")
+  layer_decay = opt_config.get("layer_decay", 1.0)
+  if not 0.0 < layer_decay <= 1.0:
+    raise ValueError(f"config.optimizer.layer_decay: {layer_decay} is not in (0, 1]")
+  if layer_decay != 1.0:
+    # After the optimizer, so that weight decay (η_t·λ·W) slows down with the layer too.
+    tx = optax.chain(tx, scale_by_layer(params, layer_decay))
   clip = opt_config.get("grad_clip_norm", 0.0)
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx

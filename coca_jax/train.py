@@ -3,6 +3,11 @@
 config -> processes and mesh -> data -> model and sharded train state (fresh, resumed from the
 workdir, or params from `init_from`) -> one jitted, donated train step -> loop with metrics,
 checkpoints, evaluation and preemption handling -> final evaluation.
+
+`config.freeze` (param path prefixes; "contrastive_only" names the params only the contrastive
+loss uses) keeps params out of the optimized state: the step takes them as a separate,
+non-donated argument. Checkpoints still hold every param, so exports and eval.py read them.
+Configs with `task` "probe" or "classify" train an image classifier instead (coca_jax.classify).
 """
 import json
 import math
@@ -16,9 +21,10 @@ from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from coca_jax import checkpoint, config_checks, data, distributed, optim, sharding
+from coca_jax import checkpoint, config_checks, data, distributed, freeze, optim, sharding
 from coca_jax import tokenizers, train_step as train_step_lib
 from coca_jax.evals import build as build_evaluators, run_evaluators
 from coca_jax.model import create_model
@@ -57,6 +63,10 @@ def _fit_names(tree, mesh, rules):
 def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns the final
   metrics. Every process runs this same function."""
+  config = sizes_from_model(model_from_init(config))
+  if config.get("task", "pretrain") != "pretrain":
+    from coca_jax import classify  # pylint: disable=import-outside-toplevel
+    return classify.train_and_evaluate(config, workdir)
   # --- processes, config, workdir ------------------------------------------------------
   distributed.initialize(config.distributed)
   config_checks.check(config)
@@ -97,13 +107,16 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   example = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
   abstract_params = jax.eval_shape(lambda k: model.init(k, *example)["params"],
                                    jax.random.key(0))
+  prefixes = freeze_prefixes(config)
   tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
-                              nn.unbox(abstract_params))
+                              freeze.split(nn.unbox(abstract_params), prefixes)[0])
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
 
   def init_boxed(rng):
+    # The checkpoint's layout: every param, the optimizer state of the trainable ones only.
     params = model.init(rng, *example)["params"]
-    return train_step_lib.init_state(params, tx)
+    trainable, _ = freeze.split(params, prefixes)
+    return {**train_step_lib.init_state(trainable, tx), "params": params}
 
   boxed_state = _fit_names(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
   state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
@@ -125,7 +138,18 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       state = jax.jit(lambda r: nn.unbox(_fit_names(init_boxed(r), mesh, rules)),
                       out_shardings=state_shardings)(jax.random.key(config.seed))
     if config.init_from:
-      state = _init_from(config, state, state_shardings, tx)
+      state = _init_from(config, state, state_shardings, tx, prefixes)
+  # Frozen params leave the state: the step neither donates nor updates them.
+  state, frozen = _split_state(state, prefixes)
+  frozen_shardings = freeze.split(state_shardings["params"], prefixes)[1]
+  state_shardings = {**state_shardings,
+                     "params": freeze.split(state_shardings["params"], prefixes)[0]}
+  abstract_state = {**abstract_state,
+                    "params": freeze.split(abstract_state["params"], prefixes)[0]}
+  if prefixes:
+    _print(f"frozen: {', '.join(prefixes)} "
+           f"({sum(x.size for x in jax.tree.leaves(frozen)) / 1e6:.2f}M params, no optimizer "
+           "state)")
 
   # --- the train step, compiled ahead of time -------------------------------------------
   step_fn = train_step_lib.make_train_step(
@@ -142,9 +166,13 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
                                    sharding=batch_shardings["text"])}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     t0 = time.perf_counter()
-    compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+    abstract_frozen = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen,
+        frozen_shardings)
+    compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
+                                              frozen_shardings),
                        out_shardings=(state_shardings, None), donate_argnums=(0,)).lower(
-                           abstract_state, abstract_batch).compile()
+                           abstract_state, abstract_batch, abstract_frozen).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -177,7 +205,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
         local = next(train_iter)
         if step == inject:
           local = {**local, "images": np.full_like(local["images"], np.nan)}
-        state, metrics = compiled(state, sharding.global_batch(local, mesh, rules))
+        state, metrics = compiled(state, sharding.global_batch(local, mesh, rules), frozen)
         step += 1
         history.append(metrics)
         is_last = step == num_steps
@@ -196,7 +224,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 
         if preempted:
           _check_finite(state, step, config.nonfinite)
-          checkpoint.save(manager, step, state, train_iter, force=True)
+          checkpoint.save(manager, step, _merge_state(state, frozen), train_iter, force=True)
           manager.wait_until_finished()
           _print(f"preempted at step {step}: checkpoint saved; run the same command to "
                  f"resume from {workdir}")
@@ -204,11 +232,13 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 
         if step % config.checkpoint.every_steps == 0 or is_last:
           _check_finite(state, step, config.nonfinite)
-          checkpoint.save(manager, step, state, train_iter, force=is_last)
+          checkpoint.save(manager, step, _merge_state(state, frozen), train_iter,
+                          force=is_last)
 
         if (config.eval_every_steps and step % config.eval_every_steps == 0
             and not is_last):
-          results = run_evaluators(evaluators, state["params"], final=False)
+          results = run_evaluators(evaluators, freeze.merge(state["params"], frozen),
+                                   final=False)
           writer.write_scalars(step, {k: v for k, v in results.items()
                                       if isinstance(v, (int, float))})
           _print(f"eval at step {step}: " + _format(results))
@@ -216,7 +246,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 
     # --- final evaluation ------------------------------------------------------------------
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      final_metrics = run_evaluators(evaluators, state["params"], final=True,
+      final_metrics = run_evaluators(evaluators, freeze.merge(state["params"], frozen),
+                                     final=True,
                                      workdir=workdir, writer=writer, step=step)
     writer.write_scalars(step, {k: v for k, v in final_metrics.items()
                                 if isinstance(v, (int, float))})
@@ -239,7 +270,66 @@ def _barrier(name: str):
     multihost_utils.sync_global_devices(name)
 
 
-def _init_from(config, state, state_shardings, tx):
+def _source_model_config(path) -> Dict[str, Any]:
+  """The model config saved with an export, a workdir or a checkpoint step (no params read)."""
+  path = epath.Path(path)
+  if (path / "model_config.json").exists():
+    return json.loads((path / "model_config.json").read_text())
+  workdir = path if (path / "checkpoints").exists() else path.parent.parent
+  if not (workdir / "config.json").exists():
+    raise FileNotFoundError(f"config.init_from={path}: no model_config.json or config.json "
+                            "(not an export, a workdir or a checkpoint step)")
+  return json.loads((workdir / "config.json").read_text())["model"]
+
+
+def model_from_init(config):
+  """config.model "init_from": the model config of the checkpoint config.init_from names."""
+  if not isinstance(config.get("model"), str):
+    return config
+  if config.model != "init_from" or not config.init_from:
+    raise ValueError(f"config.model: {config.model!r}: give a model config, or 'init_from' "
+                     "together with config.init_from")
+  config = ml_collections.ConfigDict(config.to_dict())
+  del config["model"]
+  config.model = _source_model_config(config.init_from)
+  return config
+
+
+def sizes_from_model(config):
+  """config.data.image_size / text_length 0: the model's image size / text context length."""
+  data_cfg = config.get("data")
+  if data_cfg is None or (data_cfg.get("image_size", 1) and data_cfg.get("text_length", 1)):
+    return config
+  cfg = create_model(config.model).cfg
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.data.get("image_size", 1):
+    config.data.image_size = cfg.vision.image_size
+  if not config.data.get("text_length", 1):
+    config.data.text_length = cfg.text.context_length
+  return config
+
+
+def freeze_prefixes(config):
+  """config.freeze with "contrastive_only" expanded for this model's pooler layout."""
+  prefixes = []
+  for name in config.get("freeze", ()) or ():
+    if name == "contrastive_only":
+      prefixes += freeze.contrastive_only(create_model(config.model).cfg)
+    else:
+      prefixes.append(name)
+  return tuple(prefixes)
+
+
+def _split_state(state, prefixes):
+  trainable, frozen = freeze.split(state["params"], prefixes)
+  return {**state, "params": trainable}, frozen
+
+
+def _merge_state(state, frozen):
+  return {**state, "params": freeze.merge(state["params"], frozen)}
+
+
+def _init_from(config, state, state_shardings, tx, prefixes=()):
   """Params from a checkpoint, an export or a converted open_clip model; fresh optimizer."""
   params, source_config = checkpoint.load_params(config.init_from)
   params = checkpoint.adapt_params(params, source_config, config.model)
@@ -249,8 +339,9 @@ def _init_from(config, state, state_shardings, tx):
     raise ValueError(f"config.init_from={config.init_from}: its params do not fit this "
                      "model config (different architecture)")
   params = jax.device_put(params, state_shardings["params"])
-  new_state = jax.jit(lambda p: train_step_lib.init_state(p, tx),
-                      out_shardings=state_shardings)(params)
+  new_state = jax.jit(
+      lambda p: {**train_step_lib.init_state(freeze.split(p, prefixes)[0], tx), "params": p},
+      out_shardings=state_shardings)(params)
   _print(f"initialised params from {config.init_from}")
   return new_state
 

@@ -41,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
                  generative_class_chunk=8)
   # Params-only initialisation (a checkpoint, an export or a converted open_clip model).
   c.init_from = ""
+  # "pretrain" (CoCa's losses), or "probe" / "classify" (coca_jax/classify.py, `classify`).
+  c.task = "pretrain"
+  # Param path prefixes kept fixed, outside the optimized state ("contrastive_only": the params
+  # only the contrastive loss uses).
+  c.freeze = ()
   c.debug = dict(inject_nan_at_step=-1)  # tests: NaN images at this step
   c.nonfinite = "error"  # "error": stop naming the step; "skip": drop that update and go on
   c.distributed = dict(enabled="auto", coordinator_address="",

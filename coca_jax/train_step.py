@@ -4,6 +4,9 @@ shrinking the contrastive loss's negatives), the optimizer update, and non-finit
 The train state is a plain dict: {"params", "opt_state", "step", "nonfinite"}; "nonfinite"
 counts the steps whose loss or gradient was NaN/Inf (their update is not applied) and keeps the
 first such step, so the host can stop with the step's number without a sync every step.
+
+Frozen params (`coca_jax.freeze`) are not in the state: the step takes them as a third,
+non-donated argument, so they get no gradient, no update and no optimizer state.
 """
 from typing import Any, Callable, Dict, Tuple
 
@@ -11,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from coca_jax import losses
+from coca_jax import freeze, losses
 
 State = Dict[str, Any]
 
@@ -27,9 +30,10 @@ def _apply(model, params, batch, rng):
                      rngs={"dropout": rng} if not model.deterministic else None)
 
 
-def full_batch_grads(model, params, batch, rng, *, pad_id, weights):
-  """Loss parts and gradients of the whole batch in one pass."""
+def full_batch_grads(model, params, batch, rng, *, pad_id, weights, frozen=None):
+  """Loss parts and gradients (of `params`, not of `frozen`) of the whole batch in one pass."""
   def loss_fn(p):
+    p = freeze.merge(p, frozen)
     parts = losses.coca_loss(_apply(model, p, batch, rng), batch["text"], pad_id=pad_id,
                              contrastive_weight=weights[0], caption_weight=weights[1])
     return parts["total"], parts
@@ -46,7 +50,7 @@ def _split(batch, k):
   return jax.tree.map(split, batch)
 
 
-def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps):
+def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps, frozen=None):
   """The full-batch gradient, computed over `accum_steps` micro-batches (GradCache / BASIC).
 
   Summing per-micro-batch contrastive gradients would be wrong: each micro-batch would see
@@ -63,7 +67,7 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
 
   def embed(args):
     mb, r = args
-    out = _apply(model, params, mb, r)
+    out = _apply(model, freeze.merge(params, frozen), mb, r)
     return out["image_embed"], out["text_embed"], out["logit_scale"]
 
   image_embed, text_embed, scales = jax.lax.map(embed, (micro, rngs))
@@ -79,7 +83,7 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
     mb, g_img, g_txt, r = args
 
     def surrogate(p):
-      out = _apply(model, p, mb, r)
+      out = _apply(model, freeze.merge(p, frozen), mb, r)
       con = ((out["image_embed"] * g_img).sum() + (out["text_embed"] * g_txt).sum()
              + grad_scale / k * out["logit_scale"])
       cap_sum, _ = losses.caption_loss_sum(out["logits"][:, :-1], mb["text"][:, 1:], pad_id)
@@ -99,19 +103,21 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, *,
                     pad_id: int, contrastive_weight: float = 1.0, caption_weight: float = 2.0,
                     accum_steps: int = 1, seed: int = 0) -> Callable:
-  """train_step(state, batch) -> (state, metrics); jit it with donated state."""
+  """train_step(state, batch[, frozen]) -> (state, metrics); jit it with donated state (and
+  `frozen`, the params kept out of the state, not donated)."""
   weights = (contrastive_weight, caption_weight)
 
-  def train_step(state: State, batch) -> Tuple[State, Dict[str, jax.Array]]:
+  def train_step(state: State, batch, frozen=None) -> Tuple[State, Dict[str, jax.Array]]:
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
     params = state["params"]
     if accum_steps > 1:
       parts, grads = accumulated_grads(model, params, batch, rng, pad_id=pad_id,
-                                       weights=weights, accum_steps=accum_steps)
+                                       weights=weights, accum_steps=accum_steps,
+                                       frozen=frozen)
     else:
       parts, grads = full_batch_grads(model, params, batch, rng, pad_id=pad_id,
-                                      weights=weights)
+                                      weights=weights, frozen=frozen)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -130,7 +136,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
                                     nonfinite["first_step"]),
         },
     }
-    scale = model.apply({"params": params}, method="get_logit_scale")
+    scale = model.apply({"params": freeze.merge(params, frozen)}, method="get_logit_scale")
     metrics = {**{f"loss/{k}": v for k, v in parts.items()}, "grad_norm": grad_norm,
                "learning_rate": schedule(step), "logit_scale": scale,
                "finite": finite.astype(jnp.float32)}

@@ -1,0 +1,289 @@
+"""Image classification on CoCa's image encoder, trained by `train.py` when `config.task` is
+"probe" (frozen encoder: linear or attentive probe) or "classify" (end-to-end fine-tuning).
+
+config -> mesh -> labelled data -> classifier with the encoder from `init_from` -> state of the
+trainable params only (a probe's encoder params are a separate, non-donated argument: no
+gradient, no update, no optimizer state) -> jitted step (label-smoothed cross-entropy) -> loop
+with metrics and checkpoints -> top-1 / top-5 on the eval split.
+
+`config.classify` fields:
+  label          "label" (the dataset's classes) or a coca_shapes attribute (data/labels.py)
+  features       "embedding" | "encoder_mean" | "attentive" (classifier.py)
+  hidden_dim     hidden layer of the head (0: a linear head)
+  head_dropout   dropout before the head's output layer
+  label_smoothing
+  freeze         extra param path prefixes kept fixed (a probe always freezes the encoder)
+  manual_dir     TFDS datasets of train/eval (e.g. imagenet2012) are prepared from it first
+Checkpoints hold every param ({"visual", "pooling"?, "head", ...}), the trainable params'
+optimizer state, and the data position; the same command resumes.
+"""
+import json
+import time
+from typing import Any, Dict
+
+from clu import metric_writers
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from coca_jax import checkpoint, distributed, freeze, optim, sharding, tokenizers
+from coca_jax import train as train_lib
+from coca_jax import train_step as train_step_lib
+from coca_jax.classifier import FEATURES, ImageClassifier
+from coca_jax.data import labels as labels_lib
+from coca_jax.data.config import resolve as resolve_data
+from coca_jax.data.sources import DatasetSpec
+from coca_jax.evals import common
+from coca_jax.evals.zero_shot import topk_hits
+from coca_jax.model.config import from_dict
+
+TASKS = ("probe", "classify")
+
+
+def check(config) -> None:
+  """Refuses a classification config that cannot work, naming the field."""
+  c = config.classify
+  if config.task not in TASKS + ("pretrain",):
+    raise ValueError(f"config.task: {config.task!r} is not pretrain, probe or classify")
+  if c.features not in FEATURES:
+    raise ValueError(f"config.classify.features: {c.features!r} is not one of {FEATURES}")
+  if c.label not in labels_lib.LABELS:
+    raise ValueError(f"config.classify.label: {c.label!r} is not one of {labels_lib.LABELS}")
+  if not 0.0 <= c.label_smoothing < 1.0:
+    raise ValueError(f"config.classify.label_smoothing: {c.label_smoothing} not in [0, 1)")
+  if config.task == "probe" and not config.init_from:
+    raise ValueError("config.init_from: a probe needs a trained encoder (a workdir, a "
+                     "checkpoint step or an export)")
+  if config.grad_accum_steps != 1:
+    raise ValueError("config.grad_accum_steps: classification trains without accumulation")
+  if c.features == "attentive" and config.task == "classify" and c.hidden_dim < 0:
+    raise ValueError("config.classify.hidden_dim: must be >= 0")
+
+
+def frozen_prefixes(config, model: ImageClassifier):
+  prefixes = list(config.classify.get("freeze", ()) or ())
+  if config.task == "probe":
+    prefixes += [n for n in model.encoder_names() if n not in prefixes]
+  return tuple(prefixes)
+
+
+def make_train_step(model, tx, schedule, *, label_smoothing: float, num_classes: int,
+                    seed: int = 0):
+  """train_step(state, batch, frozen) -> (state, metrics); the state's params are the
+  trainable ones, `frozen` the others."""
+  def train_step(state, batch, frozen):
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+
+    def loss_fn(p):
+      logits = model.apply({"params": freeze.merge(p, frozen)}, batch["images"],
+                           rngs=None if model.deterministic else {"dropout": rng})
+      targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes),
+                                    label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    bad = jnp.logical_not(finite)
+    nonfinite = state["nonfinite"]
+    new_state = {
+        "params": keep(new_params, state["params"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": step + 1,
+        "nonfinite": {"count": nonfinite["count"] + bad.astype(jnp.int32),
+                      "first_step": jnp.where(bad & (nonfinite["first_step"] < 0), step,
+                                              nonfinite["first_step"])},
+    }
+    accuracy = (jnp.argmax(logits, -1) == batch["label"]).mean()
+    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
+                       "learning_rate": schedule(step), "finite": finite.astype(jnp.float32)}
+
+  return train_step
+
+
+def evaluate(model, params, eval_iter, mesh, rules) -> Dict[str, float]:
+  """Top-1 / top-5 accuracy over every example of the eval iterator."""
+  @jax.jit
+  def hits(params, images, labels, mask):
+    logits = model.apply({"params": params}, images)
+    return topk_hits(logits, labels, mask & (labels >= 0))
+
+  totals = np.zeros(3)
+  for batch in eval_iter:
+    batch = sharding.global_batch({k: batch[k] for k in ("images", "label", "mask")}, mesh,
+                                  rules)
+    totals += np.array([sharding.to_host(x) for x in hits(params, batch["images"],
+                                                          batch["label"], batch["mask"])])
+  count = max(totals[2], 1)
+  return {"classify/top1": totals[0] / count, "classify/top5": totals[1] / count,
+          "classify/examples": int(totals[2])}
+
+
+def _encoder_from(config, params, encoder_names):
+  """The classifier's params with the encoder's subtrees from `config.init_from`."""
+  loaded, source_cfg = checkpoint.load_params(config.init_from)
+  loaded = checkpoint.adapt_params(loaded, source_cfg, config.model)
+  out = dict(params)
+  for name in encoder_names:
+    expected = jax.tree.map(lambda x: x.shape, params[name])
+    got = jax.tree.map(lambda x: tuple(np.shape(x)), loaded.get(name, {}))
+    if expected != got:
+      raise ValueError(f"config.init_from={config.init_from}: its {name!r} params do not fit "
+                       "config.model (different architecture)")
+    out[name] = jax.tree.map(np.asarray, loaded[name])
+  return out
+
+
+def train_and_evaluate(config, workdir) -> Dict[str, Any]:
+  """Trains the classifier (resuming from `workdir`), evaluates top-1 / top-5, returns them."""
+  # --- processes, config, workdir ------------------------------------------------------
+  config = train_lib.sizes_from_model(train_lib.model_from_init(config))
+  distributed.initialize(config.distributed)
+  check(config)
+  model_cfg = from_dict(config.model)
+  data_cfg = resolve_data(config.data)
+  if data_cfg["image_size"] != model_cfg.vision.image_size:
+    raise ValueError(f"config.data.image_size: {data_cfg['image_size']} differs from "
+                     f"model.vision.image_size {model_cfg.vision.image_size}")
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=jax.process_index() > 0)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                for name, axes in config.logical_rules)
+
+  # --- data ----------------------------------------------------------------------------
+  c = config.classify
+  if jax.process_index() == 0 and c.get("manual_dir"):
+    from coca_jax.evals import manual  # pylint: disable=import-outside-toplevel
+    for spec in (data_cfg["train"], data_cfg["eval"]):
+      spec = DatasetSpec.parse(spec)
+      if spec.format == "tfds" and not spec.path and not spec.name.startswith("coca_shapes"):
+        manual.prepare(spec.name, spec.data_dir or data_cfg["data_dir"], c.manual_dir)
+  train_lib._barrier("data_prepared")  # pylint: disable=protected-access
+  tokenizer = tokenizers.load(config.data.tokenizer)  # the pipeline tokenizes a caption too
+  num_classes = len(labels_lib.class_names(config.data, data_cfg["train"], c.label))
+  train_iter = labels_lib.build_train_iterator(
+      config.data, c.label, global_batch_size=config.global_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      tokenizer=tokenizer)
+
+  # --- model and sharded state -----------------------------------------------------------
+  model = ImageClassifier(model_cfg, num_classes, c.features, c.hidden_dim, c.head_dropout,
+                          deterministic=(c.head_dropout == 0 and model_cfg.dropout_rate == 0))
+  size = model_cfg.vision.image_size
+  example = jnp.zeros((1, size, size, 3))
+  prefixes = frozen_prefixes(config, model)
+  abstract_params = nn.unbox(jax.eval_shape(lambda k: model.init(k, example)["params"],
+                                            jax.random.key(0)))
+  tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
+                              freeze.split(abstract_params, prefixes)[0])
+  schedule = optim.schedule(config.optimizer, config.num_train_steps)
+
+  def init_boxed(rng):
+    params = model.init(rng, example)["params"]
+    trainable, _ = freeze.split(params, prefixes)
+    return {**train_step_lib.init_state(trainable, tx), "params": params}
+
+  fit = train_lib._fit_names  # pylint: disable=protected-access
+  boxed_state = fit(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
+  shardings = sharding.logical_shardings(boxed_state, mesh, rules)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                nn.unbox(boxed_state), shardings)
+  manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep,
+                                    config.checkpoint.async_save)
+  state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
+  if state is not None:
+    train_lib._print(f"resumed from {workdir}/checkpoints/{start_step}")  # pylint: disable=protected-access
+  else:
+    start_step = 0
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      state = jax.jit(lambda r: nn.unbox(fit(init_boxed(r), mesh, rules)),
+                      out_shardings=shardings)(jax.random.key(config.seed))
+    if config.init_from:
+      params = jax.device_put(
+          _encoder_from(config, jax.tree.map(np.asarray, state["params"]),
+                        model.encoder_names()), shardings["params"])
+      state = jax.jit(lambda p: {**train_step_lib.init_state(
+          freeze.split(p, prefixes)[0], tx), "params": p}, out_shardings=shardings)(params)
+      train_lib._print(f"encoder from {config.init_from}")  # pylint: disable=protected-access
+  trainable_params, frozen = freeze.split(state["params"], prefixes)
+  state = {**state, "params": trainable_params}
+  state_shardings = {**shardings, "params": freeze.split(shardings["params"], prefixes)[0]}
+  frozen_shardings = freeze.split(shardings["params"], prefixes)[1]
+  n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
+  n_trained = sum(x.size for x in jax.tree.leaves(trainable_params))
+  train_lib._print(f"{config.task}: {num_classes} classes ({c.label}), features "  # pylint: disable=protected-access
+                   f"{c.features}; trained params {n_trained / 1e6:.3f}M, frozen "
+                   f"{n_frozen / 1e6:.3f}M ({', '.join(prefixes) or 'none'})")
+
+  # --- the train step ----------------------------------------------------------------------
+  step_fn = make_train_step(model, tx, schedule, label_smoothing=c.label_smoothing,
+                            num_classes=num_classes, seed=config.seed)
+  batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
+                     "label": sharding.batch_sharding(mesh, 1, rules)}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
+                                              frozen_shardings),
+                       out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+  # --- the loop --------------------------------------------------------------------------
+  step, history, t0 = start_step, [], time.perf_counter()
+  merged = lambda s: {**s, "params": freeze.merge(s["params"], frozen)}  # noqa: E731
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      while step < config.num_train_steps:
+        local = next(train_iter)
+        batch = sharding.global_batch({"images": local["images"], "label": local["label"]},
+                                      mesh, rules)
+        state, metrics = compiled(state, batch, frozen)
+        step += 1
+        history.append(metrics)
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last:
+          train_lib._check_finite(state, step, config.nonfinite)  # pylint: disable=protected-access
+          summary = jax.tree.map(lambda *xs: float(np.mean([sharding.to_host(x) for x in xs])),
+                                 *history)
+          elapsed = time.perf_counter() - t0
+          summary["step_time_s"] = elapsed / len(history)
+          writer.write_scalars(step, summary)
+          train_lib._print(f"step {step}/{config.num_train_steps} | loss {summary['loss']:.4f} "  # pylint: disable=protected-access
+                           f"| train accuracy {100 * summary['accuracy']:.1f}% | lr "
+                           f"{summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.3f} "
+                           f"| {summary['step_time_s'] * 1e3:.0f} ms/step")
+          history, t0 = [], time.perf_counter()
+        if step % config.checkpoint.every_steps == 0 or is_last:
+          checkpoint.save(manager, step, merged(state), train_iter, force=is_last)
+    manager.wait_until_finished()
+
+    # --- evaluation --------------------------------------------------------------------------
+    batch = common.fit_batch(config.evals.batch_size, mesh)
+    eval_iter = labels_lib.build_eval_iterator(
+        config.data, c.label, global_batch_size=batch, process_index=jax.process_index(),
+        process_count=jax.process_count(), tokenizer=tokenizer)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      results = evaluate(model, freeze.merge(state["params"], frozen), eval_iter, mesh, rules)
+    results["classify/chance"] = 1.0 / num_classes
+    writer.write_scalars(step, {k: float(v) for k, v in results.items()})
+    writer.flush()
+    train_lib._print(  # pylint: disable=protected-access
+        f"final evaluation ({DatasetSpec.parse(data_cfg['eval']).name}, {c.label}): top-1 "
+        f"{100 * results['classify/top1']:.1f}%, top-5 {100 * results['classify/top5']:.1f}% "
+        f"(chance {100 / num_classes:.1f}%), {results['classify/examples']} images")
+    if jax.process_index() == 0:
+      (workdir / "final_metrics.json").write_text(json.dumps(results, indent=2))
+    return results
+  finally:
+    manager.close()
+    train_iter.close()
