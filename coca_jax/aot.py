@@ -1,0 +1,278 @@
+"""Compiles the training step ahead of time for a TPU topology, on a machine without a TPU.
+
+With libtpu installed (`pip install -e ".[tpu]"`) and JAX_PLATFORMS=cpu, libtpu is only used
+as a compiler: `jax.experimental.topologies` describes a TPU slice (its chips and their
+interconnect), and the real train step (coca_jax.train_step with the config's optimizer, mesh
+and logical axis rules, as coca_jax/train.py builds it) is lowered with abstract, sharded
+inputs and compiled for it. Nothing is allocated: the state comes from jax.eval_shape. Prints one
+JSON line: per-chip memory from XLA's memory analysis against the chip's HBM, whether it fits,
+XLA's FLOP count against coca_jax.flops, and the compile time.
+
+  python -m coca_jax.aot --config=configs/coca_2b.py --topology=v4:16x16x8 \
+      --remat_policy=full --mesh=auto
+  python -m coca_jax.aot --config=configs/coca_base.py --topology=v5e:16x16 \
+      --config.grad_accum_steps=4 --output=/tmp/aot.jsonl
+
+`--mesh=auto` shards params over the largest fsdp axis that divides the model's widths and
+the chip count, the rest of the chips being a `data` axis; `--mesh=data:16,fsdp:128` sets the
+axes; without `--mesh` the config's own mesh is used.
+"""
+import os
+
+# Must precede the first jax import: libtpu then only compiles, it is never started as a
+# backend (a CPU machine has no TPU to open).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu takes /tmp/libtpu_lockfile so that two processes never share a TPU; here it only
+# compiles, so a second compile (or a test run) beside the first is safe.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Dict, Optional  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from coca_jax import flops as flops_lib  # noqa: E402
+from coca_jax import optim, sharding, train_step as train_step_lib  # noqa: E402
+from coca_jax.model import create_model  # noqa: E402
+
+GIB = 2 ** 30
+
+# Per TPU generation: the compiler's chip configuration and chips per host (as on Cloud TPU
+# pods: one v4 / v5p device is a megacore of two TensorCores; v5e has one core per chip, four
+# chips per host in a pod), HBM per chip, and the dense bfloat16 peak per chip.
+CHIPS: Dict[str, Dict[str, Any]] = {
+    "v4": dict(chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1), hbm_gib=32,
+               peak_bf16_tflops=275),
+    "v5p": dict(chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1), hbm_gib=95,
+                peak_bf16_tflops=459),
+    "v5e": dict(chip_config_name="default", chips_per_host_bounds=(2, 2, 1), hbm_gib=16,
+                peak_bf16_tflops=197),
+}
+
+
+def chip_spec(topology: str) -> Dict[str, Any]:
+  generation = topology.split(":")[0]
+  if generation not in CHIPS:
+    raise ValueError(f"--topology={topology}: the generation must be one of {sorted(CHIPS)} "
+                     "(e.g. v4:16x16x8, v5e:16x16, v5p:8x8x8)")
+  return CHIPS[generation]
+
+
+def topology_devices(topology: str, num_slices: int = 1):
+  """Compile-only TPU devices for e.g. "v4:16x16x8" (2,048 chips)."""
+  try:
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+    spec = chip_spec(topology)
+    desc = topologies.get_topology_desc(
+        platform="tpu", topology_name=topology, chip_config_name=spec["chip_config_name"],
+        chips_per_host_bounds=spec["chips_per_host_bounds"], num_slices=num_slices)
+  except (RuntimeError, ImportError) as e:
+    if "libtpu" in str(e).lower() or "tpu" in str(e).lower():
+      raise RuntimeError(f"cannot describe TPU topology {topology}: is libtpu installed "
+                         f"(pip install -e \".[tpu]\")? {e}") from e
+    raise
+  return desc.devices
+
+
+def libtpu_available() -> bool:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def _sharded_widths(model_cfg) -> list:
+  """The sizes the `embed` logical axis takes (params shard it over fsdp)."""
+  return [model_cfg.vision.width, model_cfg.text.width, model_cfg.embed_dim]
+
+
+def auto_mesh(model_cfg, num_devices: int) -> Dict[str, int]:
+  """data x fsdp: fsdp as large as divides every width the params shard over (a width that
+  fsdp does not divide leaves that param replicated), the rest of the chips data parallel."""
+  fsdp = num_devices
+  for width in _sharded_widths(model_cfg):
+    fsdp = math.gcd(fsdp, width)
+  return dict(slice=1, data=num_devices // fsdp, fsdp=fsdp, tensor=1)
+
+
+def parse_mesh(text: str) -> Dict[str, int]:
+  """"data:16,fsdp:128" -> {"slice": 1, "data": 16, "fsdp": 128, "tensor": 1}."""
+  mesh = dict(slice=1, data=1, fsdp=1, tensor=1)
+  for part in text.split(","):
+    name, _, size = part.partition(":")
+    if name.strip() not in mesh or not size:
+      raise ValueError(f"--mesh={text}: expected axis:size pairs over {tuple(mesh)}")
+    mesh[name.strip()] = int(size)
+  return mesh
+
+
+def _rules(config):
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in config.logical_rules)
+
+
+def _fit_names(tree, mesh, rules):
+  # The same fitting as training's: optimizer statistics whose shapes do not divide over the
+  # mesh are replicated. Imported here so that a plain import of this module stays light.
+  from coca_jax.train import _fit_names as fit  # pylint: disable=import-outside-toplevel
+  return fit(tree, mesh, rules)
+
+
+def lower_train_step(config, devices, mesh_shape: Optional[Dict[str, int]] = None):
+  """Lowers the config's train step for `devices` (compile-only TPU devices or real ones),
+  with abstract inputs only. Returns (lowered, info)."""
+  model = create_model(config.model, deterministic=config.model.get("dropout_rate", 0) == 0)
+  cfg = model.cfg
+  mesh_shape = dict(mesh_shape or config.mesh)
+  mesh = sharding.make_mesh(mesh_shape, devices=devices)
+  rules = _rules(config)
+  batch, accum = config.global_batch_size, config.grad_accum_steps
+  data_parallel = math.prod(mesh.shape[a] for a in ("slice", "data", "fsdp"))
+  if batch % accum or (batch // accum) % data_parallel:
+    raise ValueError(f"global_batch_size {batch} in {accum} micro-batches does not split "
+                     f"over the {data_parallel} data-parallel chips of mesh {dict(mesh.shape)}")
+
+  size, length = cfg.vision.image_size, config.data.text_length
+  example = (jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+             jax.ShapeDtypeStruct((1, length), jnp.int32))
+  abstract_params = jax.eval_shape(lambda k, *x: model.init(k, *x)["params"],
+                                   jax.random.key(0), *example)
+  tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
+                              nn.unbox(abstract_params))
+  schedule = optim.schedule(config.optimizer, config.num_train_steps)
+
+  def init_boxed(rng, *x):
+    return train_step_lib.init_state(model.init(rng, *x)["params"], tx)
+
+  boxed_state = _fit_names(jax.eval_shape(init_boxed, jax.random.key(0), *example), mesh,
+                           rules)
+  state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed_state), state_shardings)
+  batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
+                     "text": sharding.batch_sharding(mesh, 2, rules)}
+  abstract_batch = {
+      "images": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
+                                     sharding=batch_shardings["images"]),
+      "text": jax.ShapeDtypeStruct((batch, length), jnp.int32,
+                                   sharding=batch_shardings["text"])}
+  step_fn = train_step_lib.make_train_step(
+      model, tx, schedule, pad_id=cfg.text.pad_id,
+      contrastive_weight=config.loss.contrastive_weight,
+      caption_weight=config.loss.caption_weight, accum_steps=accum, seed=config.seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    lowered = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                      out_shardings=(state_shardings, None), donate_argnums=(0,)).lower(
+                          abstract_state, abstract_batch)
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params)))
+  state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
+                    for x in jax.tree.leaves(abstract_state))
+  info = {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "params": n_params,
+          "state_gib_total": round(state_bytes / GIB, 3)}
+  return lowered, info
+
+
+def analyse(compiled, *, hbm_bytes: Optional[int] = None) -> Dict[str, Any]:
+  """Per-device memory (arguments + outputs + temporaries - aliased) and XLA's FLOP count."""
+  out: Dict[str, Any] = {}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    out.update(argument_bytes=int(memory.argument_size_in_bytes),
+               output_bytes=int(memory.output_size_in_bytes),
+               temp_bytes=int(memory.temp_size_in_bytes),
+               alias_bytes=int(memory.alias_size_in_bytes),
+               generated_code_bytes=int(memory.generated_code_size_in_bytes),
+               bytes_per_chip=int(total), gib_per_chip=round(total / GIB, 3))
+    if hbm_bytes:
+      out.update(hbm_gib=round(hbm_bytes / GIB, 1), hbm_fraction=round(total / hbm_bytes, 3),
+                 fits=bool(total <= hbm_bytes))
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  if cost:
+    out["xla_flops_per_chip"] = float(cost.get("flops", float("nan")))
+  return out
+
+
+def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
+                         num_slices: int = 1) -> Dict[str, Any]:
+  """Compiles the config's train step for a TPU topology; returns the JSON-able result."""
+  spec = chip_spec(topology)
+  devices = topology_devices(topology, num_slices)
+  model_cfg = create_model(config.model).cfg
+  if mesh == "auto":
+    mesh_shape = auto_mesh(model_cfg, len(devices))
+  elif mesh:
+    mesh_shape = parse_mesh(mesh)
+  else:
+    mesh_shape = dict(config.mesh)
+  t0 = time.perf_counter()
+  lowered, info = lower_train_step(config, devices, mesh_shape)
+  lower_s = time.perf_counter() - t0
+  # A persistent compilation cache cannot load an executable compiled without a TPU client:
+  # keep these out of it.
+  cache_was = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache_was)
+  result = {"topology": topology, "num_slices": num_slices, "chips": len(devices),
+            "device_kind": devices[0].device_kind, **info,
+            "global_batch_size": config.global_batch_size,
+            "grad_accum_steps": config.grad_accum_steps,
+            "remat_policy": model_cfg.remat_policy, "dtype": model_cfg.dtype,
+            "scan_layers": model_cfg.scan_layers, "optimizer": config.optimizer.name,
+            **analyse(compiled, hbm_bytes=spec["hbm_gib"] * GIB)}
+  model_flops = (flops_lib.forward_flops(model_cfg, config.data.text_length)["train"]
+                 * config.global_batch_size / len(devices))
+  result["model_flops_per_chip"] = model_flops
+  if result.get("xla_flops_per_chip"):
+    result["xla_over_model_flops"] = round(result["xla_flops_per_chip"] / model_flops, 3)
+  # The step time if the chip ran at its bf16 peak on the model's FLOPs (an MFU of 100%).
+  result["step_s_at_peak"] = round(model_flops / (spec["peak_bf16_tflops"] * 1e12), 3)
+  result.update(lower_s=round(lower_s, 1), compile_s=round(compile_s, 1),
+                jax=jax.__version__, date=datetime.date.today().isoformat())
+  return result
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  config = f.config
+  if f.remat_policy:  # the paper configs leave it at the model's default ("none")
+    with config.unlocked():
+      config.model.remat_policy = f.remat_policy
+  result = {"config": config_flags.get_config_filename(f["config"])}
+  result.update(compile_for_topology(config, f.topology, mesh=f.mesh,
+                                     num_slices=f.num_slices))
+  line = json.dumps(result)
+  print(line, flush=True)
+  if f.output:
+    with open(f.output, "a") as out:
+      out.write(line + "\n")
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU topology, e.g. v4:16x16x8, v5e:16x16, v5p:8x8x8.")
+  flags.DEFINE_string("mesh", None, "'auto', or axis sizes like data:16,fsdp:128 "
+                      "(default: the config's mesh).")
+  flags.DEFINE_integer("num_slices", 1, "TPU slices (a slice axis over the data-centre "
+                       "network).")
+  flags.DEFINE_enum("remat_policy", None, ["none", "full", "dots", "dots_no_batch"],
+                    "Sets config.model.remat_policy.")
+  flags.DEFINE_string("output", None, "Also append the JSON line to this file.")
+  flags.mark_flags_as_required(["config", "topology"])
+  app.run(main)
