@@ -16,13 +16,13 @@ summed raw logits). Random weights:
     for token.
 
   python benchmarks/captioning.py > benchmarks/results/cpu_captioning.jsonl
+  python benchmarks/captioning.py --configs=configs/coca_base.py --batch=64 --skip_open_clip
 """
 import argparse
-import importlib.util
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 
 import flax.linen as nn
@@ -30,8 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import coca_jax
-from coca_jax import decode
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+import coca_jax  # noqa: E402
+from coca_jax import decode  # noqa: E402
 
 TINY_OPEN_CLIP = dict(  # configs/tiny.py's sizes, open_clip's layout
     embed_dim=64,
@@ -55,10 +58,7 @@ TINY_OPEN_CLIP_CONFIG = dict(
 
 
 def load_config(path):
-  spec = importlib.util.spec_from_file_location("config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config().model
+  return common.model_dict(common.load_config(path)[0])
 
 
 def token_ids(cfg):
@@ -89,8 +89,7 @@ def timed(fn, runs):
 
 
 def line(**fields):
-  fields.update(device=f"cpu ({os.cpu_count()} cores)", load_avg_1m=round(os.getloadavg()[0], 2),
-                jax=jax.__version__, machine=platform.machine())
+  fields = common.header(**fields)
   print(json.dumps(fields), flush=True)
   return fields
 
@@ -193,23 +192,37 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--max_len", type=int, default=30)
   parser.add_argument("--beams", type=int, default=6)
+  parser.add_argument("--configs", default="configs/tiny.py",
+                      help="configs timed on coca_jax only (comma-separated; '' for none)")
+  parser.add_argument("--batch", type=int, default=8, help="batch of --configs")
+  parser.add_argument("--dtype", default=None, help="override model.dtype of --configs")
   parser.add_argument("--tiny_batch", type=int, default=8)
   parser.add_argument("--b32_batch", type=int, default=4)
   parser.add_argument("--runs", type=int, default=3, help="timed runs of coca_jax")
   parser.add_argument("--open_clip_runs", type=int, default=1, help="timed runs of open_clip")
   parser.add_argument("--skip_b32", action="store_true")
+  parser.add_argument("--skip_open_clip", action="store_true",
+                      help="no side-by-side runs (a host without torch)")
   args = parser.parse_args()
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-  tiny = load_config(os.path.join(repo, "configs", "tiny.py"))
-  tiny["text"] = dict(tiny["text"], context_length=max(tiny["text"]["context_length"],
-                                                        args.max_len))
-  images = np.random.default_rng(0).standard_normal((args.tiny_batch, 32, 32, 3),
-                                                    dtype=np.float32)
-  params = random_params(tiny)
-  for strategy in ("greedy", "beam"):
-    measure_ours("tiny (configs/tiny.py, paper layout, text.context_length=30)", tiny, params,
-                 images, strategy, args)
+  for path in [p for p in args.configs.split(",") if p]:
+    model_config = load_config(path if os.path.isabs(path) else os.path.join(repo, path))
+    if args.dtype:
+      model_config["dtype"] = args.dtype
+    # A context shorter than the captions (tiny: 24) grows; only the position table changes.
+    model_config["text"] = dict(model_config["text"], context_length=max(
+        model_config["text"]["context_length"], args.max_len))
+    cfg = coca_jax.create_model(model_config).cfg
+    images = np.random.default_rng(0).standard_normal(
+        (args.batch, cfg.vision.image_size, cfg.vision.image_size, 3), dtype=np.float32)
+    params = random_params(model_config)
+    for strategy in ("greedy", "beam"):
+      measure_ours(f"{path} (text.context_length={cfg.text.context_length}, {cfg.dtype})",
+                   model_config, params, images, strategy, args)
+    del params
+  if args.skip_open_clip:
+    return
   compare("tiny_open_clip_layout (tiny's sizes, open_clip's layout, text.context_length=30)",
           TINY_OPEN_CLIP_CONFIG, "tiny", args.tiny_batch, args)
   if not args.skip_b32:

@@ -1,15 +1,55 @@
 #!/usr/bin/env bash
-# The GPU figures in one call: coca_base training step in bfloat16 over a batch-size sweep.
-# Usage on the accelerator host, from the repository root (ml_collections carried as a wheel):
-#   bash benchmarks/gpu_run.sh OUT_DIR
+# The accelerator figures in one call, on synthetic in-memory data, coca_jax only (no torch):
+#   1. coca_base training step in bfloat16 over batch sizes and remat choices (each sweep stops
+#      at its first failure, e.g. out of memory), MFU against 989 and 790 TFLOP/s (an H200's
+#      dense bf16 specification and the figure measured on it);
+#   2. captioning tokens/s and captions/s, greedy and 6 beams, 30 tokens;
+#   3. image and text encoding throughput.
+# Needs only jax, flax, optax and numpy: configs load without ml_collections (benchmarks/common.py).
+#
+#   bash benchmarks/gpu_run.sh OUT_DIR                 # on the GPU host, from the repo root
+#   GPU_RUN_SMOKE=1 bash benchmarks/gpu_run.sh OUT_DIR # configs/tiny.py, tiny counts (CI, CPU)
 set -u
 out=${1:-/tmp/coca_gpu}
 mkdir -p "$out"
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" | tee -a "$out/gpu.txt"
-run() { timeout 200 python3 benchmarks/train_step.py --config=configs/coca_base.py \
-          --peak_tflops=989,790 --steps=10 --warmup=2 --output="$out/train_step.jsonl" "$@"; }
-run --batch_sizes=256,512,1024 --remat_policy=none --scan_layers=true
-run --batch_sizes=512 --remat_policy=none --scan_layers=false
-run --batch_sizes=2048 --remat_policy=dots_no_batch --scan_layers=true
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
+py=${PYTHON:-python3}
+
+if [ -n "${GPU_RUN_SMOKE:-}" ]; then
+  config=configs/tiny.py; peaks=1; steps="--steps=1 --warmup=1"; limit=120
+  sweeps=("full:2,4" "none:2:{\"attention_impl\":\"xla\"}")
+  caption="--batch=2 --max_len=8 --beams=2 --runs=1"; encode="--batch_sizes=2 --runs=1"
+else
+  config=${GPU_RUN_CONFIG:-configs/coca_base.py}; peaks=989,790; steps="--steps=5 --warmup=2"
+  limit=240
+  # remat policy:ascending batch sizes[:model overrides as JSON]. H200 figures before the
+  # bfloat16 logits: 256 without remat took 105.5 GB, 1536 with full remat 72.2 GB. The last
+  # point tries cuDNN's fused attention.
+  sweeps=("none:256" "dots_no_batch:512,768" "full:1536,2048"
+          "full:1536:{\"attention_impl\":\"cudnn\"}")
+  caption="--batch=64 --runs=3"; encode="--batch_sizes=256 --runs=5"
+fi
+
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+    --format=csv; $py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', \
+    flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$out/host.txt"
+
+for sweep in "${sweeps[@]}"; do
+  IFS=: read -r policy batches overrides <<< "$sweep"
+  [ -z "$overrides" ] && overrides='{}'
+  for batch in $(echo "$batches" | tr , ' '); do
+    # Leave time for captioning and encoding within one 10-minute call.
+    [ $SECONDS -gt ${GPU_RUN_TRAIN_BUDGET_S:-330} ] && break 2
+    # One process per point: a failed (out-of-memory) compile leaves nothing behind.
+    timeout $limit $py benchmarks/train_step.py --config=$config --batch_sizes=$batch \
+      --remat_policy=$policy --scan_layers=true --peak_tflops=$peaks $steps \
+      --model_overrides="$overrides" --output="$out/train_step.jsonl" || break
+    tail -n 1 "$out/train_step.jsonl" | grep -q '"error"' && break
+  done
+done
+timeout $limit $py benchmarks/captioning.py --configs=$config --skip_open_clip $caption \
+  | tee -a "$out/captioning.jsonl"
+timeout $limit $py benchmarks/encode.py --configs=$config --peak_tflops=$peaks $encode \
+  | tee -a "$out/encode.jsonl"
+echo "results in $out"

@@ -10,40 +10,23 @@ Imports neither tensorflow, tensorflow-datasets nor clu, so it runs on a bare ac
   python benchmarks/train_step.py --config=configs/tiny.py --batch_sizes=8 --steps=2
 """
 import argparse
-import datetime
-import importlib.util
 import json
+import os
 import statistics
+import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-import coca_jax
-from coca_jax import flops as flops_lib
-from coca_jax import losses
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
 
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def synthetic_batch(cfg, batch, seed=0):
-  rng = np.random.default_rng(seed)
-  size, length = cfg.vision.image_size, cfg.text.context_length
-  images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
-  text = rng.integers(4, cfg.text.vocab_size, size=(batch, length)).astype(np.int32)
-  ends = rng.integers(length // 2, length, size=batch)
-  for i, end in enumerate(ends):  # right padding after an end token
-    text[i, end] = cfg.text.eos_id if cfg.text.eos_id is not None else 1
-    text[i, end + 1:] = cfg.text.pad_id
-  return jnp.asarray(images), jnp.asarray(text)
+import coca_jax  # noqa: E402
+from coca_jax import flops as flops_lib  # noqa: E402
+from coca_jax import losses  # noqa: E402
 
 
 def make_train_step(model, optimizer, pad_id):
@@ -59,15 +42,19 @@ def make_train_step(model, optimizer, pad_id):
   return jax.jit(train_step, donate_argnums=(0, 1))
 
 
-def measure(model_config, batch, steps, warmup, peaks):
+def measure(model_config, batch, steps, warmup, peaks, compile_only=False):
   model = coca_jax.create_model(model_config)
   cfg = model.cfg
-  images, text = synthetic_batch(cfg, batch)
-  params = jax.jit(lambda k: nn.unbox(model.init(k, images[:1], text[:1]))["params"])(
-      jax.random.key(0))
+  images, text = map(jnp.asarray, common.synthetic_batch(cfg, batch))
+  init = lambda k: nn.unbox(model.init(k, images[:1], text[:1]))["params"]
   optimizer = optax.adamw(1e-4, weight_decay=0.01)
-  opt_state = jax.jit(optimizer.init)(params)
   step = make_train_step(model, optimizer, cfg.text.pad_id)
+  if compile_only:  # shapes only: nothing is allocated
+    params = jax.eval_shape(init, jax.random.key(0))
+    opt_state = jax.eval_shape(optimizer.init, params)
+  else:
+    params = jax.jit(init)(jax.random.key(0))
+    opt_state = jax.jit(optimizer.init)(params)
 
   t0 = time.perf_counter()
   compiled = step.lower(params, opt_state, images, text).compile()
@@ -80,6 +67,19 @@ def measure(model_config, batch, steps, warmup, peaks):
   if memory is not None:
     peak_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                   + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  model_flops = flops_lib.forward_flops(cfg)["train"] * batch
+  result = {
+      "benchmark": "train_step", "batch": batch, "dtype": cfg.dtype,
+      "scan_layers": cfg.scan_layers, "remat": cfg.remat_policy,
+      "attention_impl": cfg.attention_impl,
+      "compile_s": round(compile_s, 2),
+      "model_gflops_per_step": round(model_flops / 1e9, 2),
+      "xla_gflops_per_step": round(xla_flops / 1e9, 2),
+      "bytes_per_device": peak_bytes,
+      "temp_bytes": memory.temp_size_in_bytes if memory is not None else None,
+  }
+  if compile_only:
+    return result
 
   times = []
   for i in range(warmup + steps):
@@ -89,17 +89,10 @@ def measure(model_config, batch, steps, warmup, peaks):
     if i >= warmup:
       times.append(time.perf_counter() - t)
   median = statistics.median(times)
-  model_flops = flops_lib.forward_flops(cfg)["train"] * batch
-  result = {
-      "benchmark": "train_step", "batch": batch, "dtype": cfg.dtype,
-      "scan_layers": cfg.scan_layers, "remat": cfg.remat_policy,
+  result.update({
       "median_ms": round(median * 1e3, 3), "examples_per_s": round(batch / median, 2),
-      "compile_s": round(compile_s, 2), "loss": float(loss),
-      "model_gflops_per_step": round(model_flops / 1e9, 2),
-      "xla_gflops_per_step": round(xla_flops / 1e9, 2),
-      "achieved_tflops": round(model_flops / median / 1e12, 3),
-      "bytes_per_device": peak_bytes,
-  }
+      "loss": float(loss), "achieved_tflops": round(model_flops / median / 1e12, 3),
+  })
   for peak in peaks:
     result[f"mfu_vs_{peak:g}tflops"] = round(model_flops / median / (peak * 1e12), 4)
   return result
@@ -114,25 +107,29 @@ def main():
   parser.add_argument("--dtype", default=None, help="override model.dtype")
   parser.add_argument("--remat_policy", default=None, help="override model.remat_policy")
   parser.add_argument("--scan_layers", default=None, choices=[None, "true", "false"])
+  parser.add_argument("--model_overrides", default="",
+                      help='JSON merged into config.model, e.g. {"attention_impl": "cudnn"}')
   parser.add_argument("--peak_tflops", default="", help="comma-separated peaks for MFU")
   parser.add_argument("--output", default=None, help="also append the JSON lines here")
+  parser.add_argument("--compile_only", action="store_true",
+                      help="compile and report memory and XLA FLOPs, without running")
   args = parser.parse_args()
 
-  config = load_config(args.config)
-  model_config = config.model.to_dict()
+  config, loader = common.load_config(args.config)
+  model_config = common.model_dict(config)
   if args.dtype:
     model_config["dtype"] = args.dtype
   if args.remat_policy:
     model_config["remat_policy"] = args.remat_policy
   if args.scan_layers:
     model_config["scan_layers"] = args.scan_layers == "true"
+  model_config.update(json.loads(args.model_overrides or "{}"))
   peaks = [float(p) for p in args.peak_tflops.split(",") if p]
-  header = {"config": args.config, "devices": [str(d.device_kind) for d in jax.devices()][:1],
-            "device_count": jax.device_count(), "jax": jax.__version__,
-            "date": datetime.date.today().isoformat()}
   for batch in [int(b) for b in args.batch_sizes.split(",")]:
+    header = common.header(config=args.config, config_loader=loader)
     try:
-      line = {**header, **measure(model_config, batch, args.steps, args.warmup, peaks)}
+      line = {**header, **measure(model_config, batch, args.steps, args.warmup, peaks,
+                                     args.compile_only)}
     except Exception as e:  # an out-of-memory batch size is a result too
       line = {**header, "batch": batch, "error": f"{type(e).__name__}: {str(e)[:300]}"}
     print(json.dumps(line), flush=True)
