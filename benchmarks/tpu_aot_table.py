@@ -58,8 +58,11 @@ def compile_row(model, topology, remat, accum, batch, jsonl, timeout):
   else:
     if done.returncode == 0:
       row = json.loads(done.stdout.strip().splitlines()[-1])
-      print(f"  {row['gib_per_chip']:.2f} GiB per chip of {row['hbm_gib']:.0f}, "
-            f"compiled in {row['compile_s']:.0f} s", flush=True)
+      if "gib_per_chip" in row:
+        print(f"  {row['gib_per_chip']:.2f} GiB per chip of {row['hbm_gib']:.0f}, "
+              f"compiled in {row['compile_s']:.0f} s", flush=True)
+      else:
+        print(f"  does not fit: {row.get('out_of_memory')}", flush=True)
       return row
     row = {"config": f"configs/{model}.py", "topology": topology, "remat_policy": remat,
            "grad_accum_steps": accum, "global_batch_size": batch,
@@ -74,11 +77,20 @@ def compile_row(model, topology, remat, accum, batch, jsonl, timeout):
 def accum_to_try(row, batch, chips):
   """The smallest power-of-two accumulation whose micro-batch activations should fit:
   temporaries scale about with the micro-batch, the state does not."""
-  fixed = row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"]
-  room = row["hbm_gib"] * 2 ** 30 * 0.9 - fixed
+  if "temp_bytes" in row:
+    temp = row["temp_bytes"]
+    fixed = row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"]
+    hbm = row["hbm_gib"] * 2 ** 30
+  elif "temp_bytes_required" in row:  # the compiler refused: its error gave the figures
+    temp = row["temp_bytes_required"]
+    fixed = row["state_bytes_per_chip"]
+    hbm = row["hbm_available_bytes"]
+  else:
+    return None
+  room = 0.9 * hbm - fixed
   if room <= 0:
     return None
-  k = 2 ** math.ceil(math.log2(max(row["temp_bytes"] / room, 1) * row["grad_accum_steps"]))
+  k = 2 ** math.ceil(math.log2(max(temp / room, 1) * row["grad_accum_steps"]))
   k = max(k, 2 * row["grad_accum_steps"])
   return k if batch // k >= chips and batch % k == 0 else None
 
@@ -101,6 +113,14 @@ def markdown(rows):
                    f"failed: {r['error'][:80]} | | | | |")
       continue
     mesh = f"{r['mesh']['data']} x {r['mesh']['fsdp']}"
+    if "gib_per_chip" not in r:  # refused by the compiler: out of memory
+      needed = (f"> {r['gib_per_chip_at_least']:.1f} (temp alone "
+                f"{r['temp_bytes_required'] / 2**30:.1f}; compiler: out of memory)"
+                if "gib_per_chip_at_least" in r else "out of memory")
+      lines.append(f"| {model} | {pod} | {mesh} | {r['remat_policy']} | "
+                   f"{r['grad_accum_steps']} | {needed} | {r['hbm_gib']:.0f} | no | "
+                   f"{r['compile_s']:.0f} | |")
+      continue
     lines.append(
         f"| {model} | {pod} | {mesh} | {r['remat_policy']} | {r['grad_accum_steps']} | "
         f"{r['gib_per_chip']:.1f} ({r['argument_bytes'] / 2**30:.1f} + "
@@ -139,24 +159,24 @@ def main():
   jsonl.parent.mkdir(parents=True, exist_ok=True)
 
   if not args.markdown_only:
-    # Topology-major: the paper's pod first; within it the largest model first.
-    for topology in args.topologies.split(","):
-      for model in args.models.split(","):
-        for remat in args.remat.split(","):
-          done = {_key(r): r for r in load_rows(jsonl)}
-          key = (model, topology, remat, 1, args.batch)
-          row = done.get(key) or compile_row(model, topology, remat, 1, args.batch, jsonl,
-                                             args.timeout)
-          md.write_text(markdown(load_rows(jsonl)))
-          chips = row.get("chips", 0)
-          while (not args.no_accum and "error" not in row and not row["fits"]):
-            k = accum_to_try(row, args.batch, chips)
-            if k is None:
-              break
-            done = {_key(r): r for r in load_rows(jsonl)}
-            row = done.get((model, topology, remat, k, args.batch)) or compile_row(
-                model, topology, remat, k, args.batch, jsonl, args.timeout)
-            md.write_text(markdown(load_rows(jsonl)))
+    plan = [(t, m, r) for t in args.topologies.split(",") for m in args.models.split(",")
+            for r in args.remat.split(",")]
+    # First every plain row (the paper's pod first, the largest model first), then the
+    # accumulation searches for those that do not fit.
+    for topology, model, remat in plan:
+      if (model, topology, remat, 1, args.batch) not in {_key(r) for r in load_rows(jsonl)}:
+        compile_row(model, topology, remat, 1, args.batch, jsonl, args.timeout)
+        md.write_text(markdown(load_rows(jsonl)))
+    for topology, model, remat in [] if args.no_accum else plan:
+      done = {_key(r): r for r in load_rows(jsonl)}
+      row = done.get((model, topology, remat, 1, args.batch))
+      while row is not None and "error" not in row and not row["fits"]:
+        k = accum_to_try(row, args.batch, row["chips"])
+        if k is None:
+          break
+        row = done.get((model, topology, remat, k, args.batch)) or compile_row(
+            model, topology, remat, k, args.batch, jsonl, args.timeout)
+        md.write_text(markdown(load_rows(jsonl)))
   md.write_text(markdown(load_rows(jsonl)))
   print(md.read_text())
 

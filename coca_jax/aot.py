@@ -14,7 +14,7 @@ XLA's FLOP count against coca_jax.flops, and the compile time.
       --config.grad_accum_steps=4 --output=/tmp/aot.jsonl
 
 `--mesh=auto` shards params over the largest fsdp axis that divides the model's widths and
-the chip count, the rest of the chips being a `data` axis; `--mesh=data:16,fsdp:128` sets the
+that the chips' torus allows, the rest of the chips being a `data` axis; `--mesh=data:16,fsdp:128` sets the
 axes; without `--mesh` the config's own mesh is used.
 """
 import os
@@ -29,6 +29,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Dict, Optional  # noqa: E402
 
@@ -63,25 +64,21 @@ def chip_spec(topology: str) -> Dict[str, Any]:
   return CHIPS[generation]
 
 
-def topology_devices(topology: str, num_slices: int = 1):
-  """Compile-only TPU devices for e.g. "v4:16x16x8" (2,048 chips)."""
-  try:
-    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    spec = chip_spec(topology)
-    desc = topologies.get_topology_desc(
-        platform="tpu", topology_name=topology, chip_config_name=spec["chip_config_name"],
-        chips_per_host_bounds=spec["chips_per_host_bounds"], num_slices=num_slices)
-  except (RuntimeError, ImportError) as e:
-    if "libtpu" in str(e).lower() or "tpu" in str(e).lower():
-      raise RuntimeError(f"cannot describe TPU topology {topology}: is libtpu installed "
-                         f"(pip install -e \".[tpu]\")? {e}") from e
-    raise
-  return desc.devices
-
-
 def libtpu_available() -> bool:
   import importlib.util  # pylint: disable=import-outside-toplevel
   return importlib.util.find_spec("libtpu") is not None
+
+
+def topology_devices(topology: str, num_slices: int = 1):
+  """Compile-only TPU devices for e.g. "v4:16x16x8" (2,048 chips)."""
+  spec = chip_spec(topology)
+  if not libtpu_available():
+    raise RuntimeError(f"compiling for TPU topology {topology} needs libtpu: "
+                       "pip install -e \".[tpu]\"")
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  return topologies.get_topology_desc(
+      platform="tpu", topology_name=topology, chip_config_name=spec["chip_config_name"],
+      chips_per_host_bounds=spec["chips_per_host_bounds"], num_slices=num_slices).devices
 
 
 def _sharded_widths(model_cfg) -> list:
@@ -89,13 +86,23 @@ def _sharded_widths(model_cfg) -> list:
   return [model_cfg.vision.width, model_cfg.text.width, model_cfg.embed_dim]
 
 
-def auto_mesh(model_cfg, num_devices: int) -> Dict[str, int]:
+def auto_mesh(model_cfg, devices) -> Dict[str, int]:
   """data x fsdp: fsdp as large as divides every width the params shard over (a width that
-  fsdp does not divide leaves that param replicated), the rest of the chips data parallel."""
-  fsdp = num_devices
+  fsdp does not divide leaves that param replicated) and as the chips' physical mesh allows
+  (each mesh axis must be a product of whole torus axes, e.g. 256 or 128 of a 16x16x8 pod,
+  never 1024), the rest of the chips data parallel."""
+  n = len(devices)
+  most = n
   for width in _sharded_widths(model_cfg):
-    fsdp = math.gcd(fsdp, width)
-  return dict(slice=1, data=num_devices // fsdp, fsdp=fsdp, tensor=1)
+    most = math.gcd(most, width)
+  for fsdp in sorted((d for d in range(1, most + 1) if most % d == 0), reverse=True):
+    shape = dict(slice=1, data=n // fsdp, fsdp=fsdp, tensor=1)
+    try:
+      sharding.make_mesh(shape, devices=devices)
+      return shape
+    except NotImplementedError:  # not a product of whole physical axes
+      continue
+  return dict(slice=1, data=n, fsdp=1, tensor=1)
 
 
 def parse_mesh(text: str) -> Dict[str, int]:
@@ -171,8 +178,12 @@ def lower_train_step(config, devices, mesh_shape: Optional[Dict[str, int]] = Non
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params)))
   state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
                     for x in jax.tree.leaves(abstract_state))
+  # One chip's shard of the state, before TPU layout padding.
+  shard_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                    for x in jax.tree.leaves(abstract_state))
   info = {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "params": n_params,
-          "state_gib_total": round(state_bytes / GIB, 3)}
+          "state_gib_total": round(state_bytes / GIB, 3),
+          "state_bytes_per_chip": int(shard_bytes)}
   return lowered, info
 
 
@@ -199,6 +210,26 @@ def analyse(compiled, *, hbm_bytes: Optional[int] = None) -> Dict[str, Any]:
   return out
 
 
+_UNITS = {"B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def out_of_memory(message: str, state_bytes_per_chip: int) -> Dict[str, Any]:
+  """What the compiler's out-of-memory error says: the temporaries it needed and the HBM it
+  had (e.g. "... HLO temporaries (51.60G) exceeds available HBM (30.75G)")."""
+  out: Dict[str, Any] = {"out_of_memory": message.strip().splitlines()[0][:400]}
+  found = re.search(r"temporaries \(([\d.]+)([BKMGT])\) exceeds available HBM "
+                    r"\(([\d.]+)([BKMGT])\)", message)
+  if found:
+    temp = float(found.group(1)) * _UNITS[found.group(2)]
+    available = float(found.group(3)) * _UNITS[found.group(4)]
+    # The state shard is there too (donated: it counts once).
+    at_least = temp + state_bytes_per_chip
+    out.update(temp_bytes_required=int(temp), hbm_available_bytes=int(available),
+               bytes_per_chip_at_least=int(at_least), gib_per_chip_at_least=round(
+                   at_least / GIB, 3))
+  return out
+
+
 def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
                          num_slices: int = 1) -> Dict[str, Any]:
   """Compiles the config's train step for a TPU topology; returns the JSON-able result."""
@@ -206,7 +237,7 @@ def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
   devices = topology_devices(topology, num_slices)
   model_cfg = create_model(config.model).cfg
   if mesh == "auto":
-    mesh_shape = auto_mesh(model_cfg, len(devices))
+    mesh_shape = auto_mesh(model_cfg, devices)
   elif mesh:
     mesh_shape = parse_mesh(mesh)
   else:
@@ -218,19 +249,29 @@ def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
   # keep these out of it.
   cache_was = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
+  compiled, oom = None, None
+  t0 = time.perf_counter()
   try:
-    t0 = time.perf_counter()
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+  except jax.errors.JaxRuntimeError as e:
+    # The TPU compiler refuses a program that does not fit its chip: a result too.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    oom = str(e)
   finally:
     jax.config.update("jax_enable_compilation_cache", cache_was)
+  compile_s = time.perf_counter() - t0
   result = {"topology": topology, "num_slices": num_slices, "chips": len(devices),
             "device_kind": devices[0].device_kind, **info,
             "global_batch_size": config.global_batch_size,
             "grad_accum_steps": config.grad_accum_steps,
             "remat_policy": model_cfg.remat_policy, "dtype": model_cfg.dtype,
-            "scan_layers": model_cfg.scan_layers, "optimizer": config.optimizer.name,
-            **analyse(compiled, hbm_bytes=spec["hbm_gib"] * GIB)}
+            "scan_layers": model_cfg.scan_layers, "optimizer": config.optimizer.name}
+  if compiled is not None:
+    result.update(analyse(compiled, hbm_bytes=spec["hbm_gib"] * GIB))
+  else:
+    result.update(out_of_memory(oom, info["state_bytes_per_chip"]),
+                  hbm_gib=spec["hbm_gib"], fits=False)
   model_flops = (flops_lib.forward_flops(model_cfg, config.data.text_length)["train"]
                  * config.global_batch_size / len(devices))
   result["model_flops_per_chip"] = model_flops

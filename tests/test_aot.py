@@ -12,7 +12,7 @@ from coca_jax import aot
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 needs_libtpu = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None,
+    not aot.libtpu_available(),
     reason="libtpu is not installed: compiling for a TPU topology needs the `tpu` extra "
            "(pip install -e \".[tpu]\")")
 
@@ -52,16 +52,18 @@ def test_tiny_train_step_compiles_for_tpu_v4():
   assert 0.8 < result["xla_over_model_flops"] < 1.5
 
 
+@needs_libtpu
 def test_mesh_choice():
-  def widths(vision, text, embed):
-    return types.SimpleNamespace(vision=types.SimpleNamespace(width=vision),
-                                 text=types.SimpleNamespace(width=text), embed_dim=embed)
+  def widths(width):
+    return types.SimpleNamespace(vision=types.SimpleNamespace(width=width),
+                                 text=types.SimpleNamespace(width=width), embed_dim=width)
 
-  assert aot.auto_mesh(widths(64, 64, 64), 8) == {"slice": 1, "data": 1, "fsdp": 8,
-                                                  "tensor": 1}
-  assert aot.auto_mesh(widths(768, 768, 768), 2048)["fsdp"] == 256
-  # coca_2b: 1,408 = 11 x 128; a wider fsdp axis would leave its weights replicated.
-  assert aot.auto_mesh(widths(1408, 1408, 1408), 2048) == {"slice": 1, "data": 16, "fsdp": 128, "tensor": 1}
+  pod = aot.topology_devices("v4:16x16x8")  # the paper's 2,048 chips, a 16x16x8 torus
+  mesh = lambda width: (lambda m: (m["data"], m["fsdp"]))(aot.auto_mesh(widths(width), pod))
+  assert mesh(768) == (8, 256)  # coca_base: 768 = 3 x 256
+  assert mesh(1408) == (16, 128)  # coca_2b: 1,408 = 11 x 128
+  # coca_large: 1,024 divides 1,024 but no set of whole torus axes makes 1,024 chips.
+  assert mesh(1024) == (8, 256)
   assert aot.parse_mesh("data:16,fsdp:128")["fsdp"] == 128
   with pytest.raises(ValueError, match="axis:size"):
     aot.parse_mesh("model:4")
