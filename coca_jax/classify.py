@@ -59,8 +59,8 @@ def check(config) -> None:
                      "checkpoint step or an export)")
   if config.grad_accum_steps != 1:
     raise ValueError("config.grad_accum_steps: classification trains without accumulation")
-  if c.features == "attentive" and config.task == "classify" and c.hidden_dim < 0:
-    raise ValueError("config.classify.hidden_dim: must be >= 0")
+  if c.hidden_dim < 0:
+    raise ValueError(f"config.classify.hidden_dim: {c.hidden_dim} must be >= 0 (0: linear)")
 
 
 def frozen_prefixes(config, model: ImageClassifier):
@@ -263,6 +263,12 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
                            f"{summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.3f} "
                            f"| {summary['step_time_s'] * 1e3:.0f} ms/step")
           history, t0 = [], time.perf_counter()
+        if manager.reached_preemption(step):
+          checkpoint.save(manager, step, merged(state), train_iter, force=True)
+          manager.wait_until_finished()
+          train_lib._print(f"preempted at step {step}: checkpoint saved; run the same "  # pylint: disable=protected-access
+                           f"command to resume from {workdir}")
+          return {"preempted_at_step": step}
         if step % config.checkpoint.every_steps == 0 or is_last:
           checkpoint.save(manager, step, merged(state), train_iter, force=is_last)
     manager.wait_until_finished()
