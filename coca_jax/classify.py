@@ -41,6 +41,11 @@ from coca_jax.evals.zero_shot import topk_hits
 from coca_jax.model.config import from_dict
 
 TASKS = ("probe", "classify")
+# The pretraining loop's helpers, shared.
+# pylint: disable=protected-access
+_print, _barrier, _fit_names = train_lib._print, train_lib._barrier, train_lib._fit_names
+_check_finite = train_lib._check_finite
+# pylint: enable=protected-access
 
 
 def check(config) -> None:
@@ -171,7 +176,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       spec = DatasetSpec.parse(spec)
       if spec.format == "tfds" and not spec.path and not spec.name.startswith("coca_shapes"):
         manual.prepare(spec.name, spec.data_dir or data_cfg["data_dir"], c.manual_dir)
-  train_lib._barrier("data_prepared")  # pylint: disable=protected-access
+  _barrier("data_prepared")
   tokenizer = tokenizers.load(config.data.tokenizer)  # the pipeline tokenizes a caption too
   num_classes = len(labels_lib.class_names(config.data, data_cfg["train"], c.label))
   train_iter = labels_lib.build_train_iterator(
@@ -196,7 +201,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     trainable, _ = freeze.split(params, prefixes)
     return {**train_step_lib.init_state(trainable, tx), "params": params}
 
-  fit = train_lib._fit_names  # pylint: disable=protected-access
+  fit = _fit_names
   boxed_state = fit(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
   shardings = sharding.logical_shardings(boxed_state, mesh, rules)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -205,7 +210,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
                                     config.checkpoint.async_save)
   state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
   if state is not None:
-    train_lib._print(f"resumed from {workdir}/checkpoints/{start_step}")  # pylint: disable=protected-access
+    _print(f"resumed from {workdir}/checkpoints/{start_step}")
   else:
     start_step = 0
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -217,16 +222,16 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
                         model.encoder_names()), shardings["params"])
       state = jax.jit(lambda p: {**train_step_lib.init_state(
           freeze.split(p, prefixes)[0], tx), "params": p}, out_shardings=shardings)(params)
-      train_lib._print(f"encoder from {config.init_from}")  # pylint: disable=protected-access
+      _print(f"encoder from {config.init_from}")
   trainable_params, frozen = freeze.split(state["params"], prefixes)
   state = {**state, "params": trainable_params}
   state_shardings = {**shardings, "params": freeze.split(shardings["params"], prefixes)[0]}
   frozen_shardings = freeze.split(shardings["params"], prefixes)[1]
   n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
   n_trained = sum(x.size for x in jax.tree.leaves(trainable_params))
-  train_lib._print(f"{config.task}: {num_classes} classes ({c.label}), features "  # pylint: disable=protected-access
-                   f"{c.features}; trained params {n_trained / 1e6:.3f}M, frozen "
-                   f"{n_frozen / 1e6:.3f}M ({', '.join(prefixes) or 'none'})")
+  _print(f"{config.task}: {num_classes} classes ({c.label}), features {c.features}; trained "
+         f"params {n_trained / 1e6:.3f}M, frozen {n_frozen / 1e6:.3f}M "
+         f"({', '.join(prefixes) or 'none'})")
 
   # --- the train step ----------------------------------------------------------------------
   step_fn = make_train_step(model, tx, schedule, label_smoothing=c.label_smoothing,
@@ -252,22 +257,22 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
         history.append(metrics)
         is_last = step == config.num_train_steps
         if step % config.log_every_steps == 0 or is_last:
-          train_lib._check_finite(state, step, config.nonfinite)  # pylint: disable=protected-access
+          _check_finite(state, step, config.nonfinite)
           summary = jax.tree.map(lambda *xs: float(np.mean([sharding.to_host(x) for x in xs])),
                                  *history)
           elapsed = time.perf_counter() - t0
           summary["step_time_s"] = elapsed / len(history)
           writer.write_scalars(step, summary)
-          train_lib._print(f"step {step}/{config.num_train_steps} | loss {summary['loss']:.4f} "  # pylint: disable=protected-access
-                           f"| train accuracy {100 * summary['accuracy']:.1f}% | lr "
-                           f"{summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.3f} "
-                           f"| {summary['step_time_s'] * 1e3:.0f} ms/step")
+          _print(f"step {step}/{config.num_train_steps} | loss {summary['loss']:.4f} | "
+                 f"train accuracy {100 * summary['accuracy']:.1f}% | lr "
+                 f"{summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.3f} | "
+                 f"{summary['step_time_s'] * 1e3:.0f} ms/step")
           history, t0 = [], time.perf_counter()
         if manager.reached_preemption(step):
           checkpoint.save(manager, step, merged(state), train_iter, force=True)
           manager.wait_until_finished()
-          train_lib._print(f"preempted at step {step}: checkpoint saved; run the same "  # pylint: disable=protected-access
-                           f"command to resume from {workdir}")
+          _print(f"preempted at step {step}: checkpoint saved; run the same command to "
+                 f"resume from {workdir}")
           return {"preempted_at_step": step}
         if step % config.checkpoint.every_steps == 0 or is_last:
           checkpoint.save(manager, step, merged(state), train_iter, force=is_last)
@@ -283,7 +288,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     results["classify/chance"] = 1.0 / num_classes
     writer.write_scalars(step, {k: float(v) for k, v in results.items()})
     writer.flush()
-    train_lib._print(  # pylint: disable=protected-access
+    _print(
         f"final evaluation ({DatasetSpec.parse(data_cfg['eval']).name}, {c.label}): top-1 "
         f"{100 * results['classify/top1']:.1f}%, top-5 {100 * results['classify/top5']:.1f}% "
         f"(chance {100 / num_classes:.1f}%), {results['classify/examples']} images")

@@ -84,7 +84,8 @@ def checkpoint_tree(workdir):
   import jax
   import orbax.checkpoint as ocp
   from coca_jax import checkpoint
-  state_dir = checkpoint._latest_state_dir(pathlib.Path(workdir) / "checkpoints")  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  state_dir = checkpoint._latest_state_dir(pathlib.Path(workdir) / "checkpoints")
   meta = ocp.StandardCheckpointer().metadata(state_dir)
   tree = getattr(meta, "item_metadata", meta)
   tree = dict(getattr(tree, "tree", tree))

@@ -69,7 +69,8 @@ def build_train_iterator(data_config, label: str, *, global_batch_size: int, see
                          tokenizer) -> pipeline.DataIterator:
   """Endless process-local batches {"images": f32 (b, S, S, 3), "label": i32 (b,)} from
   `data_config.train` (one dataset)."""
-  pipeline._check_layout(global_batch_size, process_index, process_count)  # pylint: disable=protected-access
+  # pylint: disable=protected-access  (the pretraining pipeline's pieces, reused)
+  pipeline._check_layout(global_batch_size, process_index, process_count)
   cfg = resolve(data_config)
   spec = _spec(cfg["train"])
   _check_scene_label(spec, label)
@@ -78,8 +79,7 @@ def build_train_iterator(data_config, label: str, *, global_batch_size: int, see
   info = {"kind": "index", "seed": seed, "global_batch_size": global_batch_size,
           "process_index": process_index, "process_count": process_count,
           "datasets": [source.fingerprint()]}
-  examples = pipeline._index_examples(  # pylint: disable=protected-access
-      [source], [spec], seed, global_batch_size, make)
+  examples = pipeline._index_examples([source], [spec], seed, global_batch_size, make)
   read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
   return pipeline.IndexIterator(examples.map(lambda e: relabel(e, label)), info, read)
 
