@@ -6,6 +6,7 @@ per-device loss or manual all-gather is needed.
 """
 from typing import Dict
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -19,11 +20,69 @@ def contrastive_loss(image_embed, text_embed, logit_scale):
   return (image_to_text + text_to_image) / 2
 
 
+@jax.custom_vjp
+def token_cross_entropy(logits, labels):
+  """Softmax cross-entropy per position, float32, from logits in any float dtype.
+
+  The vocabulary logits are the largest activation of the model ((batch, length, vocab)):
+  this keeps them in their own dtype and works in float32 only inside fused reductions
+  (log-sum-exp), so no float32 copy is materialised. The backward pass saves the logits and
+  the float32 log-sum-exp and returns the gradient in the logits' dtype. For float32 logits it
+  computes what optax.softmax_cross_entropy_with_integer_labels does.
+  """
+  return _cross_entropy(logits, labels)[0]
+
+
+def _cross_entropy(logits, labels):
+  x = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(x, axis=-1)
+  label_logit = jnp.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
+  return lse - label_logit, lse
+
+
+def _cross_entropy_fwd(logits, labels):
+  loss, lse = _cross_entropy(logits, labels)
+  return loss, (logits, labels, lse)
+
+
+def _cross_entropy_bwd(residuals, g):
+  logits, labels, lse = residuals
+  probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  grad = ((probs - onehot) * g[..., None]).astype(logits.dtype)
+  return grad, None
+
+
+token_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
 def caption_loss_sum(logits, labels, pad_id: int):
   """(sum of next-token cross-entropies over non-padding labels, number of such labels)."""
   weights = (labels != pad_id).astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  losses = token_cross_entropy(logits, labels)
   return (losses * weights).sum(), weights.sum()
+
+
+def chunked_caption_loss_sum(state_chunks, proj, labels, pad_id: int):
+  """`caption_loss_sum` from the decoder's final states in sequence chunks (chunks, B, C, W)
+  and the vocabulary projection (W, vocab): each chunk's logits are made, scored and dropped,
+  and made again in the backward pass (jax.checkpoint), so only one chunk's logits are ever
+  alive. labels (B, L), L <= chunks * C (the rest counts as padding)."""
+  chunks, _, size, _ = state_chunks.shape
+  labels = jnp.pad(labels, ((0, 0), (0, chunks * size - labels.shape[1])),
+                   constant_values=pad_id)
+  labels = labels.reshape(labels.shape[0], chunks, size).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def chunk_loss(states, chunk_labels):
+    weights = (chunk_labels != pad_id).astype(jnp.float32)
+    return (token_cross_entropy(states @ proj, chunk_labels) * weights).sum()
+
+  def body(total, xs):
+    return total + chunk_loss(*xs), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (state_chunks, labels))
+  return total, (labels != pad_id).sum().astype(jnp.float32)
 
 
 def caption_loss(logits, labels, pad_id: int):
@@ -40,6 +99,11 @@ def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,
   (the last position has no target), as open_clip does.
   """
   con = contrastive_loss(outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"])
-  cap = caption_loss(outputs["logits"][:, :-1], text[:, 1:], pad_id)
+  if "caption_state_chunks" in outputs:  # the model's caption_loss_chunks: logits made here
+    total, count = chunked_caption_loss_sum(outputs["caption_state_chunks"],
+                                            outputs["caption_proj"], text[:, 1:], pad_id)
+    cap = total / jnp.maximum(count, 1.0)
+  else:
+    cap = caption_loss(outputs["logits"][:, :-1], text[:, 1:], pad_id)
   return {"total": contrastive_weight * con + caption_weight * cap,
           "contrastive": con, "caption": cap}

@@ -2,9 +2,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from coca_jax import losses, sharding
+from coca_jax.model import create_model
 
 
 def np_log_softmax(x):
@@ -86,3 +89,56 @@ def test_contrastive_spans_the_global_batch_when_sharded():
   # A per-device loss (2 examples each) would differ: make sure the test can tell.
   local = np.mean([np_contrastive(img[i:i + 2], txt[i:i + 2], 20.0) for i in range(0, 16, 2)])
   assert abs(local - float(got)) > 1e-2
+
+
+def test_cross_entropy_gradient_matches_optax():
+  rng = np.random.default_rng(4)
+  logits = jnp.asarray(rng.normal(size=(2, 5, 13)) * 3, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 13, size=(2, 5)))
+  weights = jnp.asarray(rng.uniform(size=(2, 5)), jnp.float32)
+  ours = lambda x: (losses.token_cross_entropy(x, labels) * weights).sum()
+  ref = lambda x: (optax.softmax_cross_entropy_with_integer_labels(x, labels) * weights).sum()
+  np.testing.assert_allclose(ours(logits), ref(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(ref)(logits), atol=1e-6)
+
+
+def test_bfloat16_logits_keep_their_dtype_and_a_float32_loss():
+  rng = np.random.default_rng(5)
+  logits32 = jnp.asarray(rng.normal(size=(2, 6, 300)) * 4, jnp.float32)
+  logits16 = logits32.astype(jnp.bfloat16)
+  labels = jnp.asarray(rng.integers(1, 300, size=(2, 6)))
+  loss = lambda x: losses.caption_loss(x, labels, pad_id=0)
+  value, grad = jax.value_and_grad(loss)(logits16)
+  assert value.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
+  # The same as float32 arithmetic on the bfloat16 values (the log-sum-exp is float32).
+  np.testing.assert_allclose(value, loss(logits16.astype(jnp.float32)), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad, np.float32),
+                             jax.grad(loss)(logits16.astype(jnp.float32)), atol=1e-3)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_caption_loss_matches_whole_logits(tied):
+  """caption_loss_chunks (3 chunks: not a divisor of the 16 positions) gives the same loss
+  and gradients as the whole logits."""
+  model_config = dict(
+      vision=dict(image_size=16, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64),
+      pooler=dict(layout="cascade", num_queries=4, num_heads=2),
+      text=dict(vocab_size=50, context_length=16, width=32, depth=1, num_heads=2, mlp_dim=64,
+                pad_id=0, eos_id=3),
+      decoder=dict(depth=1, num_heads=2, mlp_dim=64, tie_embeddings=tied), embed_dim=32)
+  whole = create_model(model_config)
+  chunked = create_model(dict(model_config, caption_loss_chunks=3))
+  rng = np.random.default_rng(6)
+  images = jnp.asarray(rng.normal(size=(3, 16, 16, 3)), jnp.float32)
+  text = rng.integers(4, 50, size=(3, 16))
+  text[0, 9:], text[1, 15:] = 0, 0
+  text = jnp.asarray(text, jnp.int32)
+  params = whole.init(jax.random.key(0), images, text)["params"]
+
+  def loss(model):
+    return lambda p: losses.coca_loss(model.apply({"params": p}, images, text), text,
+                                      pad_id=0)["total"]
+  value, grads = jax.value_and_grad(loss(whole))(params)
+  value_c, grads_c = jax.value_and_grad(loss(chunked))(params)
+  np.testing.assert_allclose(value_c, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_c, grads)

@@ -124,14 +124,24 @@ class CoCa(nn.Module):
     return jnp.exp(jnp.minimum(self.logit_scale, math.log(self.cfg.max_logit_scale)))
 
   def __call__(self, images, text) -> Dict[str, Any]:
+    """-> {"image_embed", "text_embed", "logits", "logit_scale"}; with `caption_loss_chunks`
+    also "caption_state_chunks" (chunks, B, L / chunks, W), the decoder's final states split
+    along the text (zero-padded to a multiple of the chunk count), and "caption_proj"
+    (W, vocab), from which `coca_jax.losses.coca_loss` makes the logits chunk by chunk. (Under
+    jit, logits that nothing reads are never computed.)"""
     image_embed, image_tokens = self.encode_image(images)
     text_embed, text_tokens = self.encode_text(text)
-    return {
-        "image_embed": image_embed,
-        "text_embed": text_embed,
-        "logits": self.decode_tokens(text_tokens, image_tokens),
-        "logit_scale": self.get_logit_scale(),
-    }
+    out = {"image_embed": image_embed, "text_embed": text_embed,
+           "logit_scale": self.get_logit_scale()}
+    chunks = self.cfg.caption_loss_chunks
+    if not chunks:
+      return dict(out, logits=self.decode_tokens(text_tokens, image_tokens))
+    logits, states, proj = self.decoder(text_tokens, image_tokens, return_states=True)
+    b, length, width = states.shape
+    size = -(-length // chunks)
+    states = jnp.pad(states, ((0, 0), (0, size * chunks - length), (0, 0)))
+    states = states.reshape(b, chunks, size, width).swapaxes(0, 1)
+    return dict(out, logits=logits, caption_state_chunks=states, caption_proj=proj)
 
 
 def create_model(model_config, deterministic: bool = True) -> CoCa:

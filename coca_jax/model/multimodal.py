@@ -21,7 +21,9 @@ class MultimodalDecoder(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, image_tokens, cache=None, index=None):
+  def __call__(self, x, image_tokens, cache=None, index=None, return_states=False):
+    """`return_states`: (logits, final states (B, T, W), projection (W, vocab)), both in the
+    compute dtype, so that a loss can make the logits itself (`caption_loss_chunks`)."""
     cfg, d = self.cfg, self.cfg.decoder
     dtype = compute_dtype(cfg)
     layer_kwargs = dict(num_heads=d.num_heads, mlp_dim=d.mlp_dim,
@@ -40,10 +42,13 @@ class MultimodalDecoder(nn.Module):
     x = layer_norm(cfg, "ln_final")(x)
     if self.tied_embedding is not None:
       logits = self.tied_embedding.attend(x)
+      proj = self.tied_embedding.embedding.T
     else:
       proj = self.param("proj", P.param_init(nn.initializers.normal(cfg.text.width ** -0.5),
                                              ("embed", "vocab")),
                         (cfg.text.width, cfg.text.vocab_size), jnp.float32)
       logits = x @ proj.astype(dtype)
+    if return_states:
+      return logits.astype(jnp.float32), x, proj.astype(dtype)
     logits = P.constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
     return logits if cache is None else (logits, cache)
