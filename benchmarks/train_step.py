@@ -71,7 +71,7 @@ def measure(model_config, batch, steps, warmup, peaks, compile_only=False):
   result = {
       "benchmark": "train_step", "batch": batch, "dtype": cfg.dtype,
       "scan_layers": cfg.scan_layers, "remat": cfg.remat_policy,
-      "attention_impl": cfg.attention_impl,
+      "attention_impl": cfg.attention_impl, "caption_loss_chunks": cfg.caption_loss_chunks,
       "compile_s": round(compile_s, 2),
       "model_gflops_per_step": round(model_flops / 1e9, 2),
       "xla_gflops_per_step": round(xla_flops / 1e9, 2),

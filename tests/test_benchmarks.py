@@ -1,0 +1,86 @@
+"""The accelerator benchmark script (benchmarks/gpu_run.sh) on configs/tiny.py, on CPU, as the
+GPU host would run it: tensorflow, tensorflow-datasets, clu, ml_collections, grain and torch
+cannot be imported (that host lacks them). Speed itself is never asserted, only that every
+measurement comes out."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from train_fixtures import ROOT
+
+BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections", "grain", "torch",
+           "open_clip")
+SITECUSTOMIZE = f"""
+import sys
+BLOCKED = {BLOCKED!r}
+
+class _Blocker:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not on the GPU host)")
+    return None
+
+sys.meta_path.insert(0, _Blocker())
+"""
+
+
+def read_lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def gpu_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("gpu_run")
+  (tmp / "site").mkdir()
+  (tmp / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+  env = dict(os.environ, GPU_RUN_SMOKE="1", JAX_PLATFORMS="cpu", PYTHON=sys.executable,
+             PYTHONPATH=os.pathsep.join([str(tmp / "site"), os.environ.get("PYTHONPATH", "")]),
+             JAX_COMPILATION_CACHE_DIR=os.path.expanduser("~/.cache/coca_jax/xla"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  env.pop("XLA_FLAGS", None)
+  out = tmp / "out"
+  result = subprocess.run(["bash", "benchmarks/gpu_run.sh", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return out, result
+
+
+def test_blocked_modules_stay_out(tmp_path):
+  (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+  env = dict(os.environ, PYTHONPATH=str(tmp_path))
+  result = subprocess.run([sys.executable, "-c", "import ml_collections"], env=env,
+                          capture_output=True, text=True)
+  assert "blocked" in result.stderr
+
+
+def test_train_step_lines(gpu_run):
+  out, result = gpu_run
+  lines = read_lines(out / "train_step.jsonl")
+  assert [(l["batch"], l["remat"]) for l in lines] == [(2, "full"), (2, "none")], (
+      result.stdout[-3000:] + result.stderr[-3000:])
+  for line in lines:
+    assert "error" not in line, line
+    assert line["median_ms"] > 0 and line["mfu_vs_1tflops"] > 0
+    assert line["config_loader"].startswith("stand-in")
+    assert line["model_gflops_per_step"] > 0 and "load_avg_1m" in line
+  assert lines[0]["caption_loss_chunks"] == 2 and lines[1]["attention_impl"] == "xla"
+
+
+def test_captioning_lines(gpu_run):
+  out, _ = gpu_run
+  lines = read_lines(out / "captioning.jsonl")
+  assert sorted(l["strategy"] for l in lines) == ["beam", "greedy"]
+  for line in lines:
+    assert line["generated_tokens_per_s"] > 0 and line["captions_per_s"] > 0
+    assert line["tokens_per_caption"] == 7  # every caption runs to max_len (start included)
+
+
+def test_encode_lines(gpu_run):
+  out, _ = gpu_run
+  lines = read_lines(out / "encode.jsonl")
+  assert sorted(l["benchmark"] for l in lines) == ["encode_image", "encode_text"]
+  assert all(l["examples_per_s"] > 0 for l in lines)
