@@ -297,10 +297,10 @@ def main(argv):
   result.update(compile_for_topology(config, f.topology, mesh=f.mesh,
                                      num_slices=f.num_slices))
   line = json.dumps(result)
-  print(line, flush=True)
   if f.output:
     with open(f.output, "a") as out:
       out.write(line + "\n")
+  print(line, flush=True)
 
 
 if __name__ == "__main__":
