@@ -11,6 +11,7 @@ plain step does not fit, the smallest gradient accumulation that fits is searche
   python benchmarks/tpu_aot_table.py                     # every row, most important first
   python benchmarks/tpu_aot_table.py --models=coca_2b --topologies=v4:16x16x8
   python benchmarks/tpu_aot_table.py --markdown_only     # only rewrite the table
+  python benchmarks/tpu_aot_table.py --topologies=v5e:16x16 --redo   # after a step change
 """
 import argparse
 import json
@@ -166,6 +167,9 @@ def main():
   parser.add_argument("--jsonl", default=str(RESULTS / "tpu_aot.jsonl"))
   parser.add_argument("--markdown", default=str(RESULTS / "tpu_aot.md"))
   parser.add_argument("--markdown_only", action="store_true")
+  parser.add_argument("--redo", action="store_true",
+                      help="drop the selected rows' earlier results (e.g. after a change to "
+                           "the train step) and compile them again")
   args = parser.parse_args()
   jsonl, md = pathlib.Path(args.jsonl), pathlib.Path(args.markdown)
   jsonl.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +177,10 @@ def main():
   if not args.markdown_only:
     plan = [(t, m, r) for t in args.topologies.split(",") for m in args.models.split(",")
             for r in args.remat.split(",")]
+    if args.redo:
+      keep = [r for r in load_rows(jsonl) if (r["topology"], _key(r)[0], r["remat_policy"])
+              not in set(plan) or r.get("global_batch_size") != args.batch]
+      jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
     # First every plain row (the paper's pod first, the largest model first), then the
     # accumulation searches for those that do not fit.
     for topology, model, remat in plan:
