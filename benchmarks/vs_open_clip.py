@@ -10,7 +10,11 @@ same machine load. One JSON line per implementation, then one with the ratio. Mo
                                                               # all cores and one thread
   python benchmarks/vs_open_clip.py --configs=configs/bench_small.py --threads=all --steps=3
 
---peak_gflops is the all-core peak; one-thread lines use it divided by the core count.
+One-thread workers are pinned to one CPU (sched_setaffinity) on top of
+torch.set_num_threads(1) and XLA's single-thread flags (the flags alone did not keep XLA on one
+core). Fractions are of --peak_gflops (the same figure for both thread settings; without it, of
+the probe); every line also reports a 2048^2 float32 matmul probe of torch and XLA run in the
+same process, at its thread setting and load.
 """
 import argparse
 import json
@@ -55,7 +59,28 @@ def open_clip_model(path, seed):
   return model
 
 
+def matmul_gflops(torch, jnp, jax, n=2048, runs=5):
+  """Both libraries' best f32 matmul speed at this process's thread setting and load."""
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+  ta, tb, ja, jb = torch.from_numpy(a), torch.from_numpy(b), jnp.asarray(a), jnp.asarray(b)
+  dot = jax.jit(jnp.dot)
+  best = {}
+  for name, fn in (("torch", lambda: torch.mm(ta, tb)),
+                   ("xla", lambda: dot(ja, jb).block_until_ready())):
+    fn()
+    times = []
+    for _ in range(runs):
+      t0 = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t0)
+    best[name] = round(2 * n ** 3 / min(times) / 1e9, 1)
+  return best
+
+
 def worker(args):
+  if args.threads == "1":  # one CPU for both sides, whatever their thread pools do
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
   import torch  # pylint: disable=g-import-not-at-top
   import open_clip  # pylint: disable=g-import-not-at-top
   if args.threads == "1":
@@ -137,15 +162,16 @@ def worker(args):
     loads.append(os.getloadavg()[0])
 
   model_flops = flops_lib.forward_flops(cfg)["train"] * batch
-  cores = os.cpu_count()
-  threads = cores if args.threads == "all" else int(args.threads)
-  peak = args.peak_gflops * threads / cores if args.peak_gflops else None
+  probe = matmul_gflops(torch, jnp, jax)
+  peak = args.peak_gflops or max(probe.values())
   base = common.header(benchmark="train_step_vs_open_clip", config=path, batch=batch,
                        threads=args.threads, torch_threads=torch.get_num_threads(),
                        xla_flags=os.environ.get("XLA_FLAGS", ""), dtype=cfg.dtype,
                        scan_layers=cfg.scan_layers, remat=cfg.remat_policy,
                        model_gflops_per_step=round(model_flops / 1e9, 2),
-                       load_avg_1m_during=round(statistics.mean(loads), 2))
+                       load_avg_1m_during=round(statistics.mean(loads), 2),
+                       cpu_affinity=sorted(os.sched_getaffinity(0)),
+                       matmul_probe_gflops=probe)
   medians = {}
   for name, ts in times.items():
     medians[name] = statistics.median(ts)
@@ -156,9 +182,8 @@ def worker(args):
             "first_loss": round(first_loss[name], 5)}
     if name == "coca_jax":
       line["compile_s"] = round(compile_s, 1)
-    if peak:
-      line["peak_gflops"] = round(peak, 1)
-      line["fraction_of_peak"] = round(model_flops / medians[name] / 1e9 / peak, 3)
+    line["peak_gflops"] = round(peak, 1)
+    line["fraction_of_peak"] = round(model_flops / medians[name] / 1e9 / peak, 3)
     print(json.dumps(line), flush=True)
   print(json.dumps({**base, "impl": "ratio",
                     "speedup_coca_jax_over_open_clip": round(
