@@ -91,6 +91,16 @@ def caption_loss(logits, labels, pad_id: int):
   return total / jnp.maximum(count, 1.0)
 
 
+def outputs_caption_loss_sum(outputs, text, pad_id: int):
+  """`caption_loss_sum` of the model's output dict against its input text: from whole logits,
+  or chunk by chunk when the model was built with `caption_loss_chunks`. Logits at position i
+  are scored against text[i+1] (the last position has no target), as open_clip does."""
+  if "caption_state_chunks" in outputs:  # the model's caption_loss_chunks: logits made here
+    return chunked_caption_loss_sum(outputs["caption_state_chunks"], outputs["caption_proj"],
+                                    text[:, 1:], pad_id)
+  return caption_loss_sum(outputs["logits"][:, :-1], text[:, 1:], pad_id)
+
+
 def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,
               caption_weight: float = 2.0) -> Dict[str, jnp.ndarray]:
   """Total = contrastive_weight * L_con + caption_weight * L_cap, with both parts returned.
@@ -99,11 +109,7 @@ def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,
   (the last position has no target), as open_clip does.
   """
   con = contrastive_loss(outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"])
-  if "caption_state_chunks" in outputs:  # the model's caption_loss_chunks: logits made here
-    total, count = chunked_caption_loss_sum(outputs["caption_state_chunks"],
-                                            outputs["caption_proj"], text[:, 1:], pad_id)
-    cap = total / jnp.maximum(count, 1.0)
-  else:
-    cap = caption_loss(outputs["logits"][:, :-1], text[:, 1:], pad_id)
+  total, count = outputs_caption_loss_sum(outputs, text, pad_id)
+  cap = total / jnp.maximum(count, 1.0)
   return {"total": contrastive_weight * con + caption_weight * cap,
           "contrastive": con, "caption": cap}

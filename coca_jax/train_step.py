@@ -86,7 +86,7 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
       out = _apply(model, freeze.merge(p, frozen), mb, r)
       con = ((out["image_embed"] * g_img).sum() + (out["text_embed"] * g_txt).sum()
              + grad_scale / k * out["logit_scale"])
-      cap_sum, _ = losses.caption_loss_sum(out["logits"][:, :-1], mb["text"][:, 1:], pad_id)
+      cap_sum, _ = losses.outputs_caption_loss_sum(out, mb["text"], pad_id)
       return w_con * con + w_cap * cap_sum / n_labels, cap_sum
 
     grads, cap_sum = jax.grad(surrogate, has_aux=True)(params)

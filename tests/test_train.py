@@ -93,7 +93,10 @@ def test_sharded_train_step_equals_single_device():
 
 # --- item 3 / 11f: gradient accumulation keeps the global-batch contrastive loss -----------
 
-def test_gradient_accumulation_equals_full_batch():
+@pytest.mark.parametrize("chunks", [0, 3])
+def test_gradient_accumulation_equals_full_batch(chunks):
+  """Accumulated gradients equal the full batch's (whole logits); with `caption_loss_chunks`
+  the micro-batches' caption loss is taken chunk by chunk and must still agree."""
   model = coca_jax.create_model(MICRO)
   images, text = make_images(8), make_text([5, 12, 7, 9, 6, 10, 8, 11])
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, text))["params"]
@@ -102,9 +105,10 @@ def test_gradient_accumulation_equals_full_batch():
   full_parts, full = jax.jit(lambda p: ts.full_batch_grads(
       model, p, batch, jax.random.key(0), **kw))(params)
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(full))
+  micro_model = coca_jax.create_model(dict(MICRO, caption_loss_chunks=chunks))
   for k in (4,):
     parts, acc = jax.jit(lambda p, k=k: ts.accumulated_grads(
-        model, p, batch, jax.random.key(0), accum_steps=k, **kw))(params)
+        micro_model, p, batch, jax.random.key(0), accum_steps=k, **kw))(params)
     for name in ("total", "contrastive", "caption"):
       np.testing.assert_allclose(parts[name], full_parts[name], rtol=1e-5)
     worst = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(acc),
