@@ -81,28 +81,11 @@ def topology_devices(topology: str, num_slices: int = 1):
       chips_per_host_bounds=spec["chips_per_host_bounds"], num_slices=num_slices).devices
 
 
-def _sharded_widths(model_cfg) -> list:
-  """The sizes the `embed` logical axis takes (params shard it over fsdp)."""
-  return [model_cfg.vision.width, model_cfg.text.width, model_cfg.embed_dim]
-
-
 def auto_mesh(model_cfg, devices) -> Dict[str, int]:
-  """data x fsdp: fsdp as large as divides every width the params shard over (a width that
-  fsdp does not divide leaves that param replicated) and as the chips' physical mesh allows
-  (each mesh axis must be a product of whole torus axes, e.g. 256 or 128 of a 16x16x8 pod,
-  never 1024), the rest of the chips data parallel."""
-  n = len(devices)
-  most = n
-  for width in _sharded_widths(model_cfg):
-    most = math.gcd(most, width)
-  for fsdp in sorted((d for d in range(1, most + 1) if most % d == 0), reverse=True):
-    shape = dict(slice=1, data=n // fsdp, fsdp=fsdp, tensor=1)
-    try:
-      sharding.make_mesh(shape, devices=devices)
-      return shape
-    except NotImplementedError:  # not a product of whole physical axes
-      continue
-  return dict(slice=1, data=n, fsdp=1, tensor=1)
+  """data x fsdp: fsdp as large as divides every width the params shard over and as the chips'
+  physical mesh allows (sharding.auto_fsdp), the rest of the chips data parallel."""
+  return sharding.auto_fsdp(dict(slice=1, data=-1, fsdp=0, tensor=1), devices,
+                            sharding.fsdp_widths(model_cfg))
 
 
 def parse_mesh(text: str) -> Dict[str, int]:
@@ -134,7 +117,7 @@ def lower_train_step(config, devices, mesh_shape: Optional[Dict[str, int]] = Non
   model = create_model(config.model, deterministic=config.model.get("dropout_rate", 0) == 0)
   cfg = model.cfg
   mesh_shape = dict(mesh_shape or config.mesh)
-  mesh = sharding.make_mesh(mesh_shape, devices=devices)
+  mesh = sharding.make_mesh(mesh_shape, devices=devices, fsdp_divides=sharding.fsdp_widths(cfg))
   rules = _rules(config)
   batch, accum = config.global_batch_size, config.grad_accum_steps
   data_parallel = math.prod(mesh.shape[a] for a in ("slice", "data", "fsdp"))

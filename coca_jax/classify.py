@@ -164,7 +164,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() > 0)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.config_mesh(config)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.logical_rules)
 

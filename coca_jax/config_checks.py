@@ -1,6 +1,7 @@
 """Refuses a training config that cannot work, before anything compiles, naming the field."""
 import jax
 
+from coca_jax import sharding
 from coca_jax.data.config import resolve as resolve_data
 from coca_jax.model.config import from_dict
 
@@ -21,6 +22,11 @@ def check(config) -> None:
   if config.num_train_steps <= 0:
     _fail("num_train_steps", "must be positive")
   mesh = dict(config.mesh)
+  if mesh.get("fsdp") == 0:  # as large as the model's widths allow
+    try:
+      mesh = sharding.auto_fsdp(mesh, jax.devices(), sharding.fsdp_widths(model))
+    except ValueError as e:
+      _fail("mesh", str(e))
   sizes = [s for s in mesh.values() if s != -1]
   known = 1
   for s in sizes:

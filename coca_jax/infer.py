@@ -76,7 +76,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
   if unknown:
     raise ValueError(f"outputs {sorted(unknown)}: choose from {OUTPUTS}")
   distributed.initialize(config.distributed)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.config_mesh(config)
   rules = evaluate.logical_rules(config)
   tokenizer = tokenizers.load(config.data.tokenizer)
   model, params = evaluate.load_model(config, checkpoint_path, mesh, rules)

@@ -5,6 +5,7 @@ Mesh axes: `slice` (data parallel across TPU slices, over the data-centre networ
 within a layer). Parameters shard their `embed` axis over fsdp and their
 mlp / heads / vocab axes over tensor; activations shard the batch over (data, fsdp).
 """
+import math
 from typing import Sequence, Tuple
 
 import flax.linen as nn
@@ -40,13 +41,52 @@ DEFAULT_RULES: Tuple[Tuple[str, object], ...] = (
 )
 
 
-def make_mesh(shape, axis_names: Sequence[str] = None, devices=None) -> Mesh:
+def fsdp_widths(model_config) -> Tuple[int, ...]:
+  """The sizes the params' `embed` axis takes, which the fsdp axis must divide (a param whose
+  width it does not divide is left replicated)."""
+  get = lambda x, k: x[k] if isinstance(x, dict) else getattr(x, k)
+  return (get(get(model_config, "vision"), "width"), get(get(model_config, "text"), "width"),
+          get(model_config, "embed_dim"))
+
+
+def auto_fsdp(shape, devices, widths: Sequence[int]) -> dict:
+  """`shape` (a dict with fsdp 0) with fsdp as large as divides the devices the other axes
+  leave and every width, and as the devices' physical mesh allows (on a TPU pod each mesh axis
+  must be built from whole torus axes: 128 or 256 of a 16x16x8 pod, never 1,024); a -1 axis
+  takes the rest. Sharding over all 2,048 chips of the paper's pod would divide none of the
+  CoCa widths (768, 1,024, 1,408) and so replicate every param."""
+  fixed = int(np.prod([v for v in shape.values() if v not in (-1, 0)]))
+  if len(devices) % fixed:
+    raise ValueError(f"config.mesh {shape} does not divide the {len(devices)} devices")
+  most = len(devices) // fixed
+  for width in widths:
+    most = math.gcd(most, int(width))
+  for fsdp in sorted((d for d in range(1, most + 1) if most % d == 0), reverse=True):
+    trial = dict(shape, fsdp=fsdp)
+    if -1 not in trial.values() and fixed * fsdp != len(devices):
+      continue
+    try:
+      mesh = make_mesh(trial, devices=devices)
+    except NotImplementedError:  # not a product of whole physical axes
+      continue
+    return {a: int(n) for a, n in mesh.shape.items()}
+  raise ValueError(f"config.mesh {shape}: no fsdp size fits {len(devices)} devices and the "
+                   f"widths {tuple(widths)}")
+
+
+def make_mesh(shape, axis_names: Sequence[str] = None, devices=None,
+              fsdp_divides: Sequence[int] = ()) -> Mesh:
   """A mesh over the devices. `shape` is a dict {axis: size} (the config's `mesh`) or a
   sequence of sizes for `axis_names` (default: the last len(shape) of MESH_AXES); one -1 entry
-  takes the devices left over. With slice > 1 the outer axis spans TPU slices."""
+  takes the devices left over; fsdp 0 means as large as divides `fsdp_divides` (the model's
+  widths, see auto_fsdp). With slice > 1 the outer axis spans TPU slices."""
   devices = jax.devices() if devices is None else devices
   if hasattr(shape, "items"):
     shape = dict(shape)
+    if shape.get("fsdp") == 0:
+      if not fsdp_divides:
+        raise ValueError("config.mesh.fsdp=0 (as large as fits) needs the model's widths")
+      shape = auto_fsdp(shape, devices, fsdp_divides)
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
       raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
@@ -77,6 +117,12 @@ def make_mesh(shape, axis_names: Sequence[str] = None, devices=None) -> Mesh:
   # Auto axes: XLA's partitioner propagates shardings from the logical constraints (GSPMD).
   return jax.make_mesh(tuple(shape), tuple(axis_names), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+
+
+def config_mesh(config) -> Mesh:
+  """The mesh a run's config asks for (`config.mesh`, over all devices), fsdp sized to its
+  model's widths where `config.mesh.fsdp` is 0."""
+  return make_mesh(config.mesh, fsdp_divides=fsdp_widths(config.model))
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):

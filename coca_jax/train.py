@@ -78,7 +78,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       str(workdir), just_logging=jax.process_index() > 0)
 
   # --- mesh and logical axis rules ------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.config_mesh(config)
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in config.logical_rules)
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from coca_jax import freeze, losses
+from coca_jax.model.partitioning import constrain
 
 State = Dict[str, Any]
 
@@ -71,11 +72,16 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
     return out["image_embed"], out["text_embed"], out["logit_scale"]
 
   image_embed, text_embed, scales = jax.lax.map(embed, (micro, rngs))
-  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  # Back to the batch's own order and sharding (the inverse of _split): flattening (k, B/k, D)
+  # directly would leave XLA no batch sharding to keep, and it would then build the (B, B)
+  # contrastive logits whole on every device (16 GiB each at the paper's batch of 65,536).
+  def unsplit(x):
+    x = jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+    return constrain(x, ("act_batch", "act_embed"))
+
   contrastive, embed_grads = jax.value_and_grad(losses.contrastive_loss, argnums=(0, 1, 2))(
-      flat(image_embed), flat(text_embed), scales[0])
-  grad_image = embed_grads[0].reshape(image_embed.shape)
-  grad_text = embed_grads[1].reshape(text_embed.shape)
+      unsplit(image_embed), unsplit(text_embed), scales[0])
+  grad_image, grad_text = _split((embed_grads[0], embed_grads[1]), k)
   grad_scale = embed_grads[2]
   n_labels = jnp.maximum((batch["text"][:, 1:] != pad_id).sum().astype(jnp.float32), 1.0)
 

@@ -64,7 +64,7 @@ def test_paper_configs_carry_the_paper_recipe(name):
   assert (model.vision.image_size, model.vision.patch_size) == (288, 18)
   assert model.text.vocab_size == 64000 and model.pooler.layout == "cascade"
   assert config.data.image_size == 288
-  assert dict(config.mesh) == {"slice": 1, "data": 1, "fsdp": -1, "tensor": 1}
+  assert dict(config.mesh) == {"slice": 1, "data": -1, "fsdp": 0, "tensor": 1}  # fsdp: widths
 
 
 @pytest.mark.parametrize("name", ["coca_base", "coca_2b"])

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec
 
 import coca_jax
@@ -47,3 +48,21 @@ def test_sharded_forward_and_loss_equal_single_device():
     np.testing.assert_allclose(out[key_], ref_out[key_], atol=1e-5, err_msg=key_)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                nn.unbox(variables), reference)
+
+
+def test_fsdp_zero_takes_the_largest_size_that_divides_the_widths():
+  """fsdp 0 (the paper configs' mesh): as wide as the devices and every width allow, data the
+  rest; a model whose widths share no factor with the devices gets fsdp 1, not a mesh that
+  would leave its params replicated."""
+  devices = jax.devices()  # 8 simulated CPU devices
+  auto = dict(slice=1, data=-1, fsdp=0, tensor=1)
+  mesh = sharding.make_mesh(auto, devices=devices, fsdp_divides=(768, 512, 768))
+  assert dict(mesh.shape) == dict(slice=1, data=1, fsdp=8, tensor=1)
+  mesh = sharding.make_mesh(auto, devices=devices, fsdp_divides=(12, 32, 64))
+  assert dict(mesh.shape) == dict(slice=1, data=2, fsdp=4, tensor=1)
+  mesh = sharding.make_mesh(dict(auto, tensor=2), devices=devices, fsdp_divides=(96, 96, 96))
+  assert dict(mesh.shape) == dict(slice=1, data=1, fsdp=4, tensor=2)
+  mesh = sharding.make_mesh(auto, devices=devices, fsdp_divides=(7, 7, 7))
+  assert dict(mesh.shape) == dict(slice=1, data=8, fsdp=1, tensor=1)
+  with pytest.raises(ValueError, match="widths"):
+    sharding.make_mesh(auto, devices=devices)

@@ -90,7 +90,7 @@ def evaluate(config, checkpoint_path, output_dir: Optional[str] = None,
     from coca_jax.evals import manual  # pylint: disable=import-outside-toplevel
     manual.prepare_all(config, manual_dir)
   _barrier("datasets_prepared")
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.config_mesh(config)
   rules = logical_rules(config)
   tokenizer = tokenizers.load(config.data.tokenizer)
   t0 = time.perf_counter()
