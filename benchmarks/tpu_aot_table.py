@@ -136,11 +136,11 @@ def markdown(rows):
       "(`python benchmarks/tpu_aot_table.py`). Memory is XLA's per-chip memory analysis of "
       "the compiled step; the state is donated, so its output aliases its input.",
       "",
-      "Mesh (`--mesh=auto`): data x fsdp, fsdp the largest axis that divides the models' "
-      "widths (768, 1,024, 1,408) and that whole axes of the chips' torus make; a width that "
-      "fsdp does not divide leaves its weights replicated, as the configs' own mesh (fsdp "
-      "over every chip) would wherever the chip count does not divide a width (every model "
-      "on 2,048 chips). The batch is split over all chips either way.",
+      "Mesh (`--mesh=auto`, the same as the paper configs' own `fsdp: 0`): data x fsdp, "
+      "fsdp the largest axis that divides the models' widths (768, 1,024, 1,408) and that "
+      "whole axes of the chips' torus make; a width that fsdp does not divide would leave its "
+      "weights replicated (fsdp over all 2,048 chips would divide none). The batch is split "
+      "over all chips either way.",
       "",
       "Rows that do not fit were refused by the TPU compiler itself; their figure is the "
       "temporaries its error reported plus the state's shard, and their compile time is the "
