@@ -31,7 +31,6 @@ import optax
 
 from coca_jax import checkpoint, distributed, freeze, optim, sharding, tokenizers
 from coca_jax import train as train_lib
-from coca_jax import train_step as train_step_lib
 from coca_jax.classifier import FEATURES, ImageClassifier
 from coca_jax.data import labels as labels_lib
 from coca_jax.data.config import resolve as resolve_data
@@ -43,7 +42,7 @@ from coca_jax.model.config import from_dict
 TASKS = ("probe", "classify")
 # The pretraining loop's helpers, shared.
 # pylint: disable=protected-access
-_print, _barrier, _fit_names = train_lib._print, train_lib._barrier, train_lib._fit_names
+_print, _barrier = train_lib._print, train_lib._barrier
 _check_finite = train_lib._check_finite
 # pylint: enable=protected-access
 
@@ -196,33 +195,15 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
                               freeze.split(abstract_params, prefixes)[0])
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
 
-  def init_boxed(rng):
-    params = model.init(rng, example)["params"]
-    trainable, _ = freeze.split(params, prefixes)
-    return {**train_step_lib.init_state(trainable, tx), "params": params}
-
-  fit = _fit_names
-  boxed_state = fit(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
-  shardings = sharding.logical_shardings(boxed_state, mesh, rules)
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                nn.unbox(boxed_state), shardings)
-  manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep,
-                                    config.checkpoint.async_save)
-  state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
-  if state is not None:
-    _print(f"resumed from {workdir}/checkpoints/{start_step}")
-  else:
-    start_step = 0
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = jax.jit(lambda r: nn.unbox(fit(init_boxed(r), mesh, rules)),
-                      out_shardings=shardings)(jax.random.key(config.seed))
-    if config.init_from:
-      params = jax.device_put(
-          _encoder_from(config, jax.tree.map(np.asarray, state["params"]),
-                        model.encoder_names()), shardings["params"])
-      state = jax.jit(lambda p: {**train_step_lib.init_state(
-          freeze.split(p, prefixes)[0], tx), "params": p}, out_shardings=shardings)(params)
-      _print(f"encoder from {config.init_from}")
+  make_state, shardings, abstract_state = train_lib.state_layout(
+      lambda rng: model.init(rng, example)["params"], tx, prefixes, mesh, rules)
+  manager, state, start_step, fresh = train_lib.restore_or_init(
+      config, workdir, make_state, shardings, abstract_state, train_iter, mesh, rules)
+  if fresh and config.init_from:
+    params = _encoder_from(config, jax.tree.map(np.asarray, state["params"]),
+                           model.encoder_names())
+    state = train_lib.state_from_params(params, tx, prefixes, shardings)
+    _print(f"encoder from {config.init_from}")
   trainable_params, frozen = freeze.split(state["params"], prefixes)
   state = {**state, "params": trainable_params}
   state_shardings = {**shardings, "params": freeze.split(shardings["params"], prefixes)[0]}

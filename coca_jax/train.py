@@ -112,33 +112,16 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
                               freeze.split(nn.unbox(abstract_params), prefixes)[0])
   schedule = optim.schedule(config.optimizer, config.num_train_steps)
 
-  def init_boxed(rng):
-    # The checkpoint's layout: every param, the optimizer state of the trainable ones only.
-    params = model.init(rng, *example)["params"]
-    trainable, _ = freeze.split(params, prefixes)
-    return {**train_step_lib.init_state(trainable, tx), "params": params}
-
-  boxed_state = _fit_names(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
-  state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.unbox(boxed_state), state_shardings)
+  make_state, state_shardings, abstract_state = state_layout(
+      lambda rng: model.init(rng, *example)["params"], tx, prefixes, mesh, rules)
   counts = count_params(config.model)
   _print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()
                                    if k != "logit_scale"))
 
-  manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep,
-                                    config.checkpoint.async_save)
-  state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
-  if state is not None:
-    _print(f"resumed from {workdir}/checkpoints/{start_step}")
-  else:
-    start_step = 0
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = jax.jit(lambda r: nn.unbox(_fit_names(init_boxed(r), mesh, rules)),
-                      out_shardings=state_shardings)(jax.random.key(config.seed))
-    if config.init_from:
-      state = _init_from(config, state, state_shardings, tx, prefixes)
+  manager, state, start_step, fresh = restore_or_init(
+      config, workdir, make_state, state_shardings, abstract_state, train_iter, mesh, rules)
+  if fresh and config.init_from:
+    state = _init_from(config, state, state_shardings, tx, prefixes)
   # Frozen params leave the state: the step neither donates nor updates them.
   state, frozen = _split_state(state, prefixes)
   frozen_shardings = freeze.split(state_shardings["params"], prefixes)[1]
@@ -329,6 +312,46 @@ def _merge_state(state, frozen):
   return {**state, "params": freeze.merge(state["params"], frozen)}
 
 
+def state_layout(init_params, tx, prefixes, mesh, rules):
+  """The train state as checkpoints hold it: every param, the optimizer state of the trainable
+  ones only (`prefixes` name the frozen ones). Returns (init, shardings, abstract state);
+  `init(rng)` builds a fresh state laid out on the mesh (call it under the mesh and rules)."""
+  def init_boxed(rng):
+    params = init_params(rng)
+    trainable, _ = freeze.split(params, prefixes)
+    return {**train_step_lib.init_state(trainable, tx), "params": params}
+
+  boxed_state = _fit_names(jax.eval_shape(init_boxed, jax.random.key(0)), mesh, rules)
+  shardings = sharding.logical_shardings(boxed_state, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed_state), shardings)
+  init = lambda rng: nn.unbox(_fit_names(init_boxed(rng), mesh, rules))
+  return init, shardings, abstract_state
+
+
+def restore_or_init(config, workdir, init, shardings, abstract_state, train_iter, mesh, rules):
+  """(checkpoint manager, state, start step, fresh): the workdir's latest checkpoint (with the
+  data iterator's position), else a fresh state from `config.seed` at step 0."""
+  manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep,
+                                    config.checkpoint.async_save)
+  state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
+  if state is not None:
+    _print(f"resumed from {workdir}/checkpoints/{start_step}")
+    return manager, state, start_step, False
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  return manager, state, 0, True
+
+
+def state_from_params(params, tx, prefixes, shardings):
+  """A state around the given params, with fresh optimizer statistics for the trainable ones."""
+  params = jax.device_put(params, shardings["params"])
+  return jax.jit(
+      lambda p: {**train_step_lib.init_state(freeze.split(p, prefixes)[0], tx), "params": p},
+      out_shardings=shardings)(params)
+
+
 def _init_from(config, state, state_shardings, tx, prefixes=()):
   """Params from a checkpoint, an export or a converted open_clip model; fresh optimizer."""
   params, source_config = checkpoint.load_params(config.init_from)
@@ -338,10 +361,7 @@ def _init_from(config, state, state_shardings, tx, prefixes=()):
   if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
     raise ValueError(f"config.init_from={config.init_from}: its params do not fit this "
                      "model config (different architecture)")
-  params = jax.device_put(params, state_shardings["params"])
-  new_state = jax.jit(
-      lambda p: {**train_step_lib.init_state(freeze.split(p, prefixes)[0], tx), "params": p},
-      out_shardings=state_shardings)(params)
+  new_state = state_from_params(params, tx, prefixes, state_shardings)
   _print(f"initialised params from {config.init_from}")
   return new_state
 
