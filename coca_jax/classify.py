@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from coca_jax import checkpoint, distributed, freeze, optim, sharding, tokenizers
+from coca_jax import checkpoint, distributed, freeze, optim, sharding, tokenizers, train_config
 from coca_jax import train as train_lib
 from coca_jax.classifier import FEATURES, ImageClassifier
 from coca_jax.data import labels as labels_lib
@@ -149,7 +149,7 @@ def _encoder_from(config, params, encoder_names):
 def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   """Trains the classifier (resuming from `workdir`), evaluates top-1 / top-5, returns them."""
   # --- processes, config, workdir ------------------------------------------------------
-  config = train_lib.sizes_from_model(train_lib.model_from_init(config))
+  config = train_config.resolve(config)
   distributed.initialize(config.distributed)
   check(config)
   model_cfg = from_dict(config.model)

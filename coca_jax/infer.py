@@ -68,7 +68,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
   import jax
   import numpy as np
   from etils import epath
-  from coca_jax import decode, distributed, sharding, tokenizers
+  from coca_jax import decode, distributed, sharding
   from coca_jax.evals import common, evaluate, zero_shot
   from coca_jax.evals.captions import generation_config
   # pylint: enable=import-outside-toplevel
@@ -76,10 +76,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
   if unknown:
     raise ValueError(f"outputs {sorted(unknown)}: choose from {OUTPUTS}")
   distributed.initialize(config.distributed)
-  mesh = sharding.config_mesh(config)
-  rules = evaluate.logical_rules(config)
-  tokenizer = tokenizers.load(config.data.tokenizer)
-  model, params = evaluate.load_model(config, checkpoint_path, mesh, rules)
+  config, mesh, rules, tokenizer, model, params = evaluate.load(config, checkpoint_path)
   main = common.main_process()
   out = epath.Path(output_dir)
   if main:

@@ -10,10 +10,9 @@ non-donated argument. Checkpoints still hold every param, so exports and eval.py
 Configs with `task` "probe" or "classify" train an image classifier instead (coca_jax.classify).
 """
 import json
-import math
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from absl import logging
 from clu import metric_writers
@@ -21,11 +20,10 @@ from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from coca_jax import checkpoint, config_checks, data, distributed, freeze, optim, sharding
-from coca_jax import tokenizers, train_step as train_step_lib
+from coca_jax import tokenizers, train_config, train_step as train_step_lib
 from coca_jax.evals import build as build_evaluators, run_evaluators
 from coca_jax.model import create_model
 from coca_jax.model.summary import count_params
@@ -63,7 +61,7 @@ def _fit_names(tree, mesh, rules):
 def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns the final
   metrics. Every process runs this same function."""
-  config = sizes_from_model(model_from_init(config))
+  config = train_config.resolve(config)
   if config.get("task", "pretrain") != "pretrain":
     from coca_jax import classify  # pylint: disable=import-outside-toplevel
     return classify.train_and_evaluate(config, workdir)
@@ -251,45 +249,6 @@ def _barrier(name: str):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
-
-
-def _source_model_config(path) -> Dict[str, Any]:
-  """The model config saved with an export, a workdir or a checkpoint step (no params read)."""
-  path = epath.Path(path)
-  if (path / "model_config.json").exists():
-    return json.loads((path / "model_config.json").read_text())
-  workdir = path if (path / "checkpoints").exists() else path.parent.parent
-  if not (workdir / "config.json").exists():
-    raise FileNotFoundError(f"config.init_from={path}: no model_config.json or config.json "
-                            "(not an export, a workdir or a checkpoint step)")
-  return json.loads((workdir / "config.json").read_text())["model"]
-
-
-def model_from_init(config):
-  """config.model "init_from": the model config of the checkpoint config.init_from names."""
-  if not isinstance(config.get("model"), str):
-    return config
-  if config.model != "init_from" or not config.init_from:
-    raise ValueError(f"config.model: {config.model!r}: give a model config, or 'init_from' "
-                     "together with config.init_from")
-  config = ml_collections.ConfigDict(config.to_dict())
-  del config["model"]
-  config.model = _source_model_config(config.init_from)
-  return config
-
-
-def sizes_from_model(config):
-  """config.data.image_size / text_length 0: the model's image size / text context length."""
-  data_cfg = config.get("data")
-  if data_cfg is None or (data_cfg.get("image_size", 1) and data_cfg.get("text_length", 1)):
-    return config
-  cfg = create_model(config.model).cfg
-  config = ml_collections.ConfigDict(config.to_dict())
-  if not config.data.get("image_size", 1):
-    config.data.image_size = cfg.vision.image_size
-  if not config.data.get("text_length", 1):
-    config.data.text_length = cfg.text.context_length
-  return config
 
 
 def freeze_prefixes(config):

@@ -1,10 +1,15 @@
 """The training fields every config shares, with their defaults. Config files start from
 `base_config()` and set `model`, `data` and what differs."""
+import json
+from typing import Any, Dict
+
+from etils import epath
 import ml_collections
 from ml_collections import config_dict
 
 from coca_jax import sharding
 from coca_jax.data.config import DEFAULTS as DATA_DEFAULTS
+from coca_jax.model import create_model
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,3 +58,48 @@ def base_config() -> ml_collections.ConfigDict:
                        process_id=config_dict.placeholder(int),
                        initialization_timeout_s=300, heartbeat_timeout_s=100)
   return c
+
+
+def resolve(config):
+  """The config a run uses: model "init_from" replaced by the checkpoint's model config, data
+  sizes of 0 by the model's."""
+  return sizes_from_model(model_from_init(config))
+
+
+def _source_model_config(path) -> Dict[str, Any]:
+  """The model config saved with an export, a workdir or a checkpoint step (no params read)."""
+  path = epath.Path(path)
+  if (path / "model_config.json").exists():
+    return json.loads((path / "model_config.json").read_text())
+  workdir = path if (path / "checkpoints").exists() else path.parent.parent
+  if not (workdir / "config.json").exists():
+    raise FileNotFoundError(f"config.init_from={path}: no model_config.json or config.json "
+                            "(not an export, a workdir or a checkpoint step)")
+  return json.loads((workdir / "config.json").read_text())["model"]
+
+
+def model_from_init(config):
+  """config.model "init_from": the model config of the checkpoint config.init_from names."""
+  if not isinstance(config.get("model"), str):
+    return config
+  if config.model != "init_from" or not config.init_from:
+    raise ValueError(f"config.model: {config.model!r}: give a model config, or 'init_from' "
+                     "together with config.init_from")
+  config = ml_collections.ConfigDict(config.to_dict())
+  del config["model"]
+  config.model = _source_model_config(config.init_from)
+  return config
+
+
+def sizes_from_model(config):
+  """config.data.image_size / text_length 0: the model's image size / text context length."""
+  data_cfg = config.get("data")
+  if data_cfg is None or (data_cfg.get("image_size", 1) and data_cfg.get("text_length", 1)):
+    return config
+  cfg = create_model(config.model).cfg
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.data.get("image_size", 1):
+    config.data.image_size = cfg.vision.image_size
+  if not config.data.get("text_length", 1):
+    config.data.text_length = cfg.text.context_length
+  return config

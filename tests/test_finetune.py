@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from coca_jax import checkpoint, freeze
+from coca_jax.evals import evaluate
 from coca_jax.model.config import from_dict
 from coca_jax.train import train_and_evaluate
 from test_eval_cli import NUM_VAL, make_imagenet_manual_dir
@@ -85,3 +86,8 @@ def test_caption_fine_tune_leaves_contrastive_params_untouched(export, tmp_path)
   assert any("['decoder']" in p for p in saved["opt_state_paths"])
   moved = jax.tree.map(lambda a, b: not _equal(a, b), trained_saved, trained_loaded)
   assert all(jax.tree.leaves(moved)), moved
+  # eval.py takes the fine-tune config as it is (model "init_from", data sizes 0): the model
+  # and sizes come from the checkpoint it evaluates.
+  config.evals.update(dict(val_loss=False, captions=True, zeroshot=False))
+  evaluated = evaluate.evaluate(config, str(tmp_path / "run"))
+  assert evaluated["captions/cider"] == pytest.approx(result["captions/cider"], abs=1e-6)

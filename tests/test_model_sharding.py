@@ -2,7 +2,6 @@
 sharded by the logical rules, and the outputs equal the single-device ones."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec

@@ -1,5 +1,4 @@
 """The README's example for other JAX projects runs as written (on a tiny export)."""
-import pathlib
 import subprocess
 import sys
 

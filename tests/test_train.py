@@ -1,7 +1,6 @@
 """Training in-process: config refusals, the sharded step, gradient accumulation, the paper's
 Adafactor, weight-decay mask, non-finite handling, checkpoint fallback, params-only init."""
 import json
-import pathlib
 import subprocess
 
 import flax.linen as nn
@@ -18,7 +17,7 @@ from coca_jax import checkpoint, config_checks, optim, sharding
 from coca_jax import train as train_lib
 from coca_jax import train_step as ts
 from model_fixtures import MICRO, make_images, make_text
-from train_fixtures import ROOT, micro_config, run_train, train_command, subprocess_env
+from train_fixtures import ROOT, micro_config, train_command, subprocess_env
 
 
 # --- item 1: configs that cannot work are refused before anything compiles ----------------

@@ -5,6 +5,7 @@ checkpoint (a training workdir, one checkpoint step, an export or a converted op
 training runs) -> a results table, results.json, generated captions (captions.jsonl) and
 pictures in `output_dir`. Every process runs this same function; process 0 prints and writes.
 """
+import dataclasses
 import json
 import time
 from typing import Any, Dict, Optional
@@ -15,9 +16,10 @@ from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from coca_jax import checkpoint, distributed, sharding, tokenizers
+from coca_jax import checkpoint, distributed, sharding, tokenizers, train_config
 from coca_jax.evals import build, common
 from coca_jax.model import create_model
 
@@ -41,10 +43,21 @@ def logical_rules(config):
                for name, axes in config.get("logical_rules", sharding.DEFAULT_RULES))
 
 
-def load_model(config, path, mesh, rules):
+def with_checkpoint_model(config, model_config):
+  """The config with the checkpoint's model in place of its own (a saved model is evaluated as
+  what it was trained as; a fine-tune config's model may be "init_from"), and data sizes of 0
+  taken from that model."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  del config["model"]
+  config.model = dataclasses.asdict(model_config)
+  return train_config.sizes_from_model(config)
+
+
+def load_model(config, path, mesh, rules, loaded=None):
   """(model, params sharded over the mesh) from any saved form; the model is built from the
-  config saved with the params (it is what they were trained as)."""
-  params, model_config = checkpoint.load_params(path)
+  config saved with the params (it is what they were trained as). `loaded`: the
+  (params, model config) `checkpoint.load_params(path)` gave, if already read."""
+  params, model_config = loaded or checkpoint.load_params(path)
   model = create_model(model_config)
   cfg = model.cfg
   if config.data.image_size != cfg.vision.image_size:
@@ -81,6 +94,19 @@ def _check_tokenizer(tokenizer, model):
                      f"{t.vocab_size}, pad {t.pad_id})")
 
 
+def load(config, checkpoint_path):
+  """(config with the checkpoint's model, mesh, logical rules, tokenizer, model, params sharded
+  over the mesh): what evaluation and inference start from."""
+  loaded = checkpoint.load_params(checkpoint_path)
+  config = with_checkpoint_model(config, loaded[1])
+  mesh = sharding.config_mesh(config)
+  rules = logical_rules(config)
+  tokenizer = tokenizers.load(config.data.tokenizer)
+  model, params = load_model(config, checkpoint_path, mesh, rules, loaded)
+  _check_tokenizer(tokenizer, model)
+  return config, mesh, rules, tokenizer, model, params
+
+
 def evaluate(config, checkpoint_path, output_dir: Optional[str] = None,
              manual_dir: Optional[str] = None) -> Dict[str, Any]:
   """Runs the evaluators of `config.evals` on a saved model; returns the merged results.
@@ -90,12 +116,8 @@ def evaluate(config, checkpoint_path, output_dir: Optional[str] = None,
     from coca_jax.evals import manual  # pylint: disable=import-outside-toplevel
     manual.prepare_all(config, manual_dir)
   _barrier("datasets_prepared")
-  mesh = sharding.config_mesh(config)
-  rules = logical_rules(config)
-  tokenizer = tokenizers.load(config.data.tokenizer)
   t0 = time.perf_counter()
-  model, params = load_model(config, checkpoint_path, mesh, rules)
-  _check_tokenizer(tokenizer, model)
+  config, mesh, rules, tokenizer, model, params = load(config, checkpoint_path)
   _print(f"loaded {checkpoint_path} in {time.perf_counter() - t0:.1f}s; mesh "
          f"{dict(mesh.shape)} over {mesh.devices.size} devices, {jax.process_count()} "
          "process(es)")

@@ -6,7 +6,6 @@ position at a time (`coca_jax.decode`) adds the layer's cache: (x, aux, cache) -
 entries to store: this position's keys/values, the image's at the first step); aux then ends
 with the position.
 """
-from typing import Any, Optional
 
 import flax.linen as nn
 import jax
