@@ -52,6 +52,7 @@ class ImageClassifier(nn.Module):
   hidden_dim: int = 0
   head_dropout: float = 0.0
   deterministic: bool = True
+  with_head: bool = True  # False: the features the head takes (a probe's feature cache)
 
   @nn.compact
   def __call__(self, images):
@@ -65,9 +66,14 @@ class ImageClassifier(nn.Module):
     else:
       x = AttentionalPooler(self.cfg, 1, name="probe_pooler")(tokens)[:, 0]
       x = layer_norm(self.cfg, "probe_norm")(x)
-    return ClassifierHead(self.num_classes, self.hidden_dim, self.head_dropout,
-                          self.deterministic, name="head")(x)
+    return head_of(self, name="head")(x) if self.with_head else x
 
   def encoder_names(self):
     """Top-level param names that come from a CoCa checkpoint."""
     return ("visual", "pooling") if self.features == "embedding" else ("visual",)
+
+
+def head_of(model: ImageClassifier, name=None) -> ClassifierHead:
+  """The classifier's head alone: apply it with params["head"] to cached features."""
+  return ClassifierHead(model.num_classes, model.hidden_dim, model.head_dropout,
+                        model.deterministic, name=name)

@@ -14,6 +14,9 @@ with metrics and checkpoints -> top-1 / top-5 on the eval split.
   label_smoothing
   freeze         extra param path prefixes kept fixed (a probe always freezes the encoder)
   manual_dir     TFDS datasets of train/eval (e.g. imagenet2012) are prepared from it first
+  cache_features a probe on "embedding" / "encoder_mean" with centre-cropped training images:
+                 run the encoder over the train split once and train the head on the stored
+                 features (feature_cache.py)
 Checkpoints hold every param ({"visual", "pooling"?, "head", ...}), the trainable params'
 optimizer state, and the data position; the same command resumes.
 """
@@ -29,9 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from coca_jax import checkpoint, distributed, freeze, optim, sharding, tokenizers, train_config
+from coca_jax import checkpoint, distributed, feature_cache, freeze, loop, optim, sharding
+from coca_jax import tokenizers
+from coca_jax import train_config
 from coca_jax import train as train_lib
-from coca_jax.classifier import FEATURES, ImageClassifier
+from coca_jax.classifier import FEATURES, ImageClassifier, head_of
 from coca_jax.data import labels as labels_lib
 from coca_jax.data.config import resolve as resolve_data
 from coca_jax.data.sources import DatasetSpec
@@ -40,11 +45,8 @@ from coca_jax.evals.zero_shot import topk_hits
 from coca_jax.model.config import from_dict
 
 TASKS = ("probe", "classify")
-# The pretraining loop's helpers, shared.
-# pylint: disable=protected-access
-_print, _barrier = train_lib._print, train_lib._barrier
-_check_finite = train_lib._check_finite
-# pylint: enable=protected-access
+_print = loop.print0
+_barrier = train_lib._barrier  # pylint: disable=protected-access
 
 
 def check(config) -> None:
@@ -65,6 +67,14 @@ def check(config) -> None:
     raise ValueError("config.grad_accum_steps: classification trains without accumulation")
   if c.hidden_dim < 0:
     raise ValueError(f"config.classify.hidden_dim: {c.hidden_dim} must be >= 0 (0: linear)")
+  if c.get("cache_features", False):
+    if config.task != "probe" or c.features not in ("embedding", "encoder_mean"):
+      raise ValueError("config.classify.cache_features: only a probe on fixed features "
+                       f"(embedding, encoder_mean) can cache them, not {config.task} on "
+                       f"{c.features}")
+    if config.data.crop != "center":
+      raise ValueError("config.classify.cache_features: needs config.data.crop='center' "
+                       f"(the cache holds one view of each image), not {config.data.crop!r}")
 
 
 def frozen_prefixes(config, model: ImageClassifier):
@@ -74,17 +84,17 @@ def frozen_prefixes(config, model: ImageClassifier):
   return tuple(prefixes)
 
 
-def make_train_step(model, tx, schedule, *, label_smoothing: float, num_classes: int,
+def make_train_step(logits_fn, tx, schedule, *, label_smoothing: float, num_classes: int,
                     seed: int = 0):
   """train_step(state, batch, frozen) -> (state, metrics); the state's params are the
-  trainable ones, `frozen` the others."""
+  trainable ones, `frozen` the others. `logits_fn(params, batch, rng)`: the classifier's
+  logits (on images, or on cached features) with all params."""
   def train_step(state, batch, frozen):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
 
     def loss_fn(p):
-      logits = model.apply({"params": freeze.merge(p, frozen)}, batch["images"],
-                           rngs=None if model.deterministic else {"dropout": rng})
+      logits = logits_fn(freeze.merge(p, frozen), batch, rng)
       targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes),
                                     label_smoothing)
       loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -146,6 +156,32 @@ def _encoder_from(config, params, encoder_names):
   return out
 
 
+def _feature_cache(config, workdir, model, frozen, tokenizer, mesh, rules):
+  """(features, labels) of the train split: the workdir's cache if it was made by the same
+  encoder, data and feature, else computed now (one pass of the encoder) and saved."""
+  key = {"init_from": str(config.init_from), "features": config.classify.features,
+         "label": config.classify.label, "data": json.loads(config.data.to_json_best_effort())}
+  found = feature_cache.load(workdir, key)
+  if found is not None:
+    _print(f"feature cache: {len(found[1])} examples from {workdir / feature_cache.DIRNAME}")
+    return found
+  start = time.perf_counter()
+  encoder = model.clone(with_head=False)
+  features_fn = jax.jit(lambda p, images: encoder.apply({"params": p}, images))
+  batches = labels_lib.build_eval_iterator(
+      config.data, config.classify.label,
+      global_batch_size=common.fit_batch(config.evals.batch_size, mesh),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      tokenizer=tokenizer, dataset=resolve_data(config.data)["train"])
+  features, labels = feature_cache.compute(features_fn, frozen, batches, mesh, rules)
+  if jax.process_index() == 0:
+    feature_cache.save(workdir, key, features, labels)
+  _barrier("feature_cache_saved")
+  _print(f"feature cache: {features.shape[0]} examples x {features.shape[1]} features in "
+         f"{time.perf_counter() - start:.1f}s")
+  return features, labels
+
+
 def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   """Trains the classifier (resuming from `workdir`), evaluates top-1 / top-5, returns them."""
   # --- processes, config, workdir ------------------------------------------------------
@@ -178,10 +214,15 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   _barrier("data_prepared")
   tokenizer = tokenizers.load(config.data.tokenizer)  # the pipeline tokenizes a caption too
   num_classes = len(labels_lib.class_names(config.data, data_cfg["train"], c.label))
-  train_iter = labels_lib.build_train_iterator(
-      config.data, c.label, global_batch_size=config.global_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      tokenizer=tokenizer)
+  cached = bool(c.get("cache_features", False))
+  if cached:
+    train_iter = feature_cache.CachedBatches(config.global_batch_size, config.seed,
+                                             jax.process_index(), jax.process_count())
+  else:
+    train_iter = labels_lib.build_train_iterator(
+        config.data, c.label, global_batch_size=config.global_batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        tokenizer=tokenizer)
 
   # --- model and sharded state -----------------------------------------------------------
   model = ImageClassifier(model_cfg, num_classes, c.features, c.hidden_dim, c.head_dropout,
@@ -214,58 +255,61 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
          f"params {n_trained / 1e6:.3f}M, frozen {n_frozen / 1e6:.3f}M "
          f"({', '.join(prefixes) or 'none'})")
 
+  if cached:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      train_iter.attach(*_feature_cache(config, workdir, model, frozen, tokenizer, mesh, rules))
+
   # --- the train step ----------------------------------------------------------------------
-  step_fn = make_train_step(model, tx, schedule, label_smoothing=c.label_smoothing,
+  rngs = lambda rng: None if model.deterministic else {"dropout": rng}  # noqa: E731
+  if cached:  # the head alone, on stored features; the encoder is not an argument at all
+    head = head_of(model)
+    logits_fn = lambda p, batch, rng: head.apply(  # noqa: E731
+        {"params": p["head"]}, batch["features"], rngs=rngs(rng))
+    inputs = "features", sharding.batch_sharding(mesh, 2, rules)
+  else:
+    logits_fn = lambda p, batch, rng: model.apply(  # noqa: E731
+        {"params": p}, batch["images"], rngs=rngs(rng))
+    inputs = "images", sharding.batch_sharding(mesh, 4, rules)
+  step_fn = make_train_step(logits_fn, tx, schedule, label_smoothing=c.label_smoothing,
                             num_classes=num_classes, seed=config.seed)
-  batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
-                     "label": sharding.batch_sharding(mesh, 1, rules)}
+  batch_shardings = {inputs[0]: inputs[1], "label": sharding.batch_sharding(mesh, 1, rules)}
+  step_frozen, step_frozen_shardings = ({}, {}) if cached else (frozen, frozen_shardings)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
-                                              frozen_shardings),
+                                              step_frozen_shardings),
                        out_shardings=(state_shardings, None), donate_argnums=(0,))
 
   # --- the loop --------------------------------------------------------------------------
-  step, history, t0 = start_step, [], time.perf_counter()
-  merged = lambda s: {**s, "params": freeze.merge(s["params"], frozen)}  # noqa: E731
-  try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      while step < config.num_train_steps:
-        local = next(train_iter)
-        batch = sharding.global_batch({"images": local["images"], "label": local["label"]},
-                                      mesh, rules)
-        state, metrics = compiled(state, batch, frozen)
-        step += 1
-        history.append(metrics)
-        is_last = step == config.num_train_steps
-        if step % config.log_every_steps == 0 or is_last:
-          _check_finite(state, step, config.nonfinite)
-          summary = jax.tree.map(lambda *xs: float(np.mean([sharding.to_host(x) for x in xs])),
-                                 *history)
-          elapsed = time.perf_counter() - t0
-          summary["step_time_s"] = elapsed / len(history)
-          writer.write_scalars(step, summary)
-          _print(f"step {step}/{config.num_train_steps} | loss {summary['loss']:.4f} | "
-                 f"train accuracy {100 * summary['accuracy']:.1f}% | lr "
-                 f"{summary['learning_rate']:.2e} | gnorm {summary['grad_norm']:.3f} | "
-                 f"{summary['step_time_s'] * 1e3:.0f} ms/step")
-          history, t0 = [], time.perf_counter()
-        if manager.reached_preemption(step):
-          checkpoint.save(manager, step, merged(state), train_iter, force=True)
-          manager.wait_until_finished()
-          _print(f"preempted at step {step}: checkpoint saved; run the same command to "
-                 f"resume from {workdir}")
-          return {"preempted_at_step": step}
-        if step % config.checkpoint.every_steps == 0 or is_last:
-          checkpoint.save(manager, step, merged(state), train_iter, force=is_last)
-    manager.wait_until_finished()
-
-    # --- evaluation --------------------------------------------------------------------------
+  def run_eval(params):
     batch = common.fit_batch(config.evals.batch_size, mesh)
     eval_iter = labels_lib.build_eval_iterator(
         config.data, c.label, global_batch_size=batch, process_index=jax.process_index(),
         process_count=jax.process_count(), tokenizer=tokenizer)
+    return evaluate(model, params, eval_iter, mesh, rules)
+
+  def make_batch(local, step):
+    del step
+    return sharding.global_batch({inputs[0]: local[inputs[0]], "label": local["label"]}, mesh,
+                                 rules)
+
+  def progress_line(step, m):
+    return (f"step {step}/{config.num_train_steps} | loss {m['loss']:.4f} | train accuracy "
+            f"{100 * m['accuracy']:.1f}% | lr {m['learning_rate']:.2e} | gnorm "
+            f"{m['grad_norm']:.3f} | {m['step_time_s'] * 1e3:.1f} ms/step")
+
+  try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      results = evaluate(model, freeze.merge(state["params"], frozen), eval_iter, mesh, rules)
+      state, step, preempted = loop.run(
+          config, workdir, step_fn=lambda s, b: compiled(s, b, step_frozen), state=state,
+          frozen=frozen, train_iter=train_iter, manager=manager, writer=writer,
+          start_step=start_step, make_batch=make_batch, progress_line=progress_line,
+          evaluate=run_eval)
+    if preempted:
+      return {"preempted_at_step": step}
+
+    # --- evaluation --------------------------------------------------------------------------
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      results = run_eval(freeze.merge(state["params"], frozen))
     results["classify/chance"] = 1.0 / num_classes
     writer.write_scalars(step, {k: float(v) for k, v in results.items()})
     writer.flush()

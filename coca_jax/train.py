@@ -10,7 +10,6 @@ non-donated argument. Checkpoints still hold every param, so exports and eval.py
 Configs with `task` "probe" or "classify" train an image classifier instead (coca_jax.classify).
 """
 import json
-import signal
 import time
 from typing import Any, Dict
 
@@ -22,21 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coca_jax import checkpoint, config_checks, data, distributed, freeze, optim, sharding
+from coca_jax import checkpoint, config_checks, data, distributed, freeze, loop, optim, sharding
 from coca_jax import tokenizers, train_config, train_step as train_step_lib
 from coca_jax.evals import build as build_evaluators, run_evaluators
 from coca_jax.model import create_model
 from coca_jax.model.summary import count_params
 
 
-class NonFiniteError(FloatingPointError):
-  """A step's loss or gradient was NaN or Inf."""
-
-
-def _print(message: str):
-  """Progress for people: process 0 only, flushed at once."""
-  if jax.process_index() == 0:
-    print(message, flush=True)
+_print = loop.print0
+NonFiniteError = loop.NonFiniteError  # the loop raises it; kept importable from here
 
 
 def _fit_names(tree, mesh, rules):
@@ -165,65 +158,24 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   # --- evaluators ------------------------------------------------------------------------
   evaluators = build_evaluators(config, model, mesh, tokenizer)
 
-  # --- preemption ------------------------------------------------------------------------
-  stop = {"signal": None}
-
-  def on_sigterm(signum, _):
-    stop["signal"] = signum
-  previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-
   # --- the loop --------------------------------------------------------------------------
-  num_steps = config.num_train_steps
-  history = []
-  last_log_time, last_log_step = time.perf_counter(), start_step
-  last_wait = train_iter.input_wait_s
   inject = config.debug.inject_nan_at_step
-  step = start_step
-  final_metrics: Dict[str, Any] = {}
+
+  def make_batch(local, step):
+    if step == inject:
+      local = {**local, "images": np.full_like(local["images"], np.nan)}
+    return sharding.global_batch(local, mesh, rules)
+
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      while step < num_steps:
-        local = next(train_iter)
-        if step == inject:
-          local = {**local, "images": np.full_like(local["images"], np.nan)}
-        state, metrics = compiled(state, sharding.global_batch(local, mesh, rules), frozen)
-        step += 1
-        history.append(metrics)
-        is_last = step == num_steps
-        preempted = stop["signal"] is not None or manager.reached_preemption(step)
-
-        if step % config.log_every_steps == 0 or is_last or preempted:
-          _check_finite(state, step, config.nonfinite)
-          now = time.perf_counter()
-          summary = _summarise(history, train_iter, now - last_log_time,
-                               step - last_log_step, train_iter.input_wait_s - last_wait,
-                               config.global_batch_size, num_steps - step)
-          writer.write_scalars(step, summary)
-          _print(_progress_line(step, num_steps, summary))
-          history, last_log_time, last_log_step = [], now, step
-          last_wait = train_iter.input_wait_s
-
-        if preempted:
-          _check_finite(state, step, config.nonfinite)
-          checkpoint.save(manager, step, _merge_state(state, frozen), train_iter, force=True)
-          manager.wait_until_finished()
-          _print(f"preempted at step {step}: checkpoint saved; run the same command to "
-                 f"resume from {workdir}")
-          return {"preempted_at_step": step}
-
-        if step % config.checkpoint.every_steps == 0 or is_last:
-          _check_finite(state, step, config.nonfinite)
-          checkpoint.save(manager, step, _merge_state(state, frozen), train_iter,
-                          force=is_last)
-
-        if (config.eval_every_steps and step % config.eval_every_steps == 0
-            and not is_last):
-          results = run_evaluators(evaluators, freeze.merge(state["params"], frozen),
-                                   final=False)
-          writer.write_scalars(step, {k: v for k, v in results.items()
-                                      if isinstance(v, (int, float))})
-          _print(f"eval at step {step}: " + _format(results))
-    manager.wait_until_finished()
+      state, step, preempted = loop.run(
+          config, workdir, step_fn=lambda s, b: compiled(s, b, frozen), state=state,
+          frozen=frozen, train_iter=train_iter, manager=manager, writer=writer,
+          start_step=start_step, make_batch=make_batch,
+          progress_line=lambda step, m: _progress_line(step, config.num_train_steps, m),
+          evaluate=lambda params: run_evaluators(evaluators, params, final=False))
+    if preempted:
+      return {"preempted_at_step": step}
 
     # --- final evaluation ------------------------------------------------------------------
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -238,7 +190,6 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       (workdir / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2))
     return final_metrics
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
     manager.close()
     train_iter.close()
 
@@ -265,10 +216,6 @@ def freeze_prefixes(config):
 def _split_state(state, prefixes):
   trainable, frozen = freeze.split(state["params"], prefixes)
   return {**state, "params": trainable}, frozen
-
-
-def _merge_state(state, frozen):
-  return {**state, "params": freeze.merge(state["params"], frozen)}
 
 
 def state_layout(init_params, tx, prefixes, mesh, rules):
@@ -325,32 +272,6 @@ def _init_from(config, state, state_shardings, tx, prefixes=()):
   return new_state
 
 
-def _check_finite(state, step: int, mode: str):
-  nonfinite = jax.tree.map(lambda x: int(sharding.to_host(x)), state["nonfinite"])
-  if nonfinite["count"] == 0:
-    return
-  message = (f"non-finite loss or gradient at step {nonfinite['first_step'] + 1} "
-             f"({nonfinite['count']} such step(s) so far, up to step {step}); those updates "
-             "were not applied")
-  if mode == "error":
-    raise NonFiniteError(message + ". Set config.nonfinite='skip' to drop such updates and "
-                         "go on.")
-  logging.warning(message)
-
-
-def _summarise(history, train_iter, elapsed, steps, waited, batch, remaining):
-  metrics = jax.tree.map(lambda *xs: float(np.mean([sharding.to_host(x) for x in xs])),
-                         *history)
-  step_time = elapsed / max(steps, 1)
-  metrics.update({"step_time_s": step_time, "examples_per_s": batch / step_time,
-                  "input_wait_fraction": waited / max(elapsed, 1e-9),
-                  "eta_s": remaining * step_time})
-  for key, value in train_iter.stats().items():
-    if key.startswith("bad_records"):
-      metrics[f"data/{key}"] = float(value)
-  return metrics
-
-
 def _progress_line(step, num_steps, m) -> str:
   eta = m["eta_s"]
   return (f"step {step}/{num_steps} | loss {m['loss/total']:.4f} (con {m['loss/contrastive']:.4f}"
@@ -359,11 +280,6 @@ def _progress_line(step, num_steps, m) -> str:
           f"{m['examples_per_s']:.1f} ex/s | {m['step_time_s'] * 1e3:.0f} ms/step | "
           f"input wait {100 * m['input_wait_fraction']:.1f}% | "
           f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-
-
-def _format(results: Dict[str, Any]) -> str:
-  return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                   for k, v in results.items() if not isinstance(v, (list, dict)))
 
 
 def _final_report(results: Dict[str, Any], config, workdir) -> str:

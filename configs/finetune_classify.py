@@ -19,7 +19,7 @@ def get_config():
   config.task = "classify"
   config.model = "init_from"  # the checkpoint's model config
   config.classify = dict(label="label", features="embedding", hidden_dim=0, head_dropout=0.0,
-                         label_smoothing=0.1, freeze=(), manual_dir="")
+                         label_smoothing=0.1, freeze=(), manual_dir="", cache_features=False)
   config.data.update(dict(train=dict(name="imagenet2012", split="train"),
                           eval=dict(name="imagenet2012", split="validation"),
                           image_size=0, text_length=0, crop="random_resized_crop",

@@ -14,7 +14,7 @@ def get_config():
   config.task = "probe"
   config.model = "init_from"  # the checkpoint's model config
   config.classify = dict(label="label", features="attentive", hidden_dim=0, head_dropout=0.0,
-                         label_smoothing=0.0, freeze=(), manual_dir="")
+                         label_smoothing=0.0, freeze=(), manual_dir="", cache_features=False)
   config.data.update(dict(train=dict(name="coca_shapes", split="train"),
                           eval=dict(name="coca_shapes", split="validation"),
                           image_size=0, text_length=0, crop="center"))

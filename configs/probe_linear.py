@@ -9,6 +9,8 @@ ImageNet from the user's own tars (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.
       --config.classify.manual_dir=/path/to/tars --config.data.normalization=openai_clip
 Other labels of the embedded dataset: --config.classify.label=size (colour, shape, size, cell).
 Another feature: --config.classify.features=encoder_mean (the encoder's tokens averaged).
+The encoder runs over the train split once (centre crops) and the head trains on the stored
+features (workdir/feature_cache); --config.classify.cache_features=False runs it every step.
 """
 from coca_jax.train_config import base_config
 
@@ -18,7 +20,8 @@ def get_config():
   config.task = "probe"
   config.model = "init_from"  # the checkpoint's model config
   config.classify = dict(label="label", features="embedding", hidden_dim=0, head_dropout=0.0,
-                         label_smoothing=0.0, freeze=(), manual_dir="")
+                         label_smoothing=0.0, freeze=(), manual_dir="",
+                         cache_features=True)
   config.data.update(dict(train=dict(name="coca_shapes", split="train"),
                           eval=dict(name="coca_shapes", split="validation"),
                           image_size=0, text_length=0, crop="center"))

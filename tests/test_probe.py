@@ -1,11 +1,19 @@
 """Frozen-encoder probes through train.py's `train_and_evaluate`: the encoder's params stay
 bitwise what was loaded, with no optimizer state, and a trained encoder's features beat a random
-encoder's by a wide margin on the embedded dataset's labels."""
+encoder's by a wide margin on the embedded dataset's labels. The linear probe's feature cache
+holds the encoder's features of every train image, is read back rather than recomputed when a
+run resumes, and the resumed run ends bitwise where an uninterrupted one does."""
+import json
+import shutil
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coca_jax import checkpoint, freeze, optim
+from coca_jax import checkpoint, feature_cache, freeze, optim, tokenizers, train_config
+from coca_jax.classifier import ImageClassifier
+from coca_jax.data import labels as labels_lib
 from coca_jax.train import train_and_evaluate
 from train_fixtures import (checkpoint_tree, load_config, pretrain_micro,
                             random_micro_export)
@@ -20,17 +28,21 @@ def encoders(tmp_path_factory):
           "random": random_micro_export(root / "random")}
 
 
-def probe(name, init_from, workdir, **classify):
+def probe_config(name, init_from, steps=PROBE_STEPS, **classify):
   config = load_config(name)
   config.init_from = str(init_from)
   config.classify.update(classify)
-  config.num_train_steps = PROBE_STEPS
+  config.num_train_steps = steps
   config.global_batch_size = 64
   config.log_every_steps = PROBE_STEPS
   config.checkpoint.async_save = False
   config.data.num_threads = 1
   config.data.eval.split = "validation[:500]"
-  return train_and_evaluate(config, str(workdir))
+  return config
+
+
+def probe(name, init_from, workdir, **classify):
+  return train_and_evaluate(probe_config(name, init_from, **classify), str(workdir))
 
 
 def assert_encoder_frozen(workdir, init_from, encoder_names, trained_names):
@@ -55,6 +67,45 @@ def test_linear_probe_keeps_the_encoder_and_beats_a_random_encoder(encoders, tmp
   # Measured on the whole validation split: 32.8% against 14.6% (chance 4.2%).
   assert trained["classify/top1"] > random["classify/top1"] + 0.1, (trained, random)
   assert trained["classify/top1"] > 1.5 * random["classify/top1"], (trained, random)
+
+
+def test_feature_cache_holds_the_encoders_features_and_resumes_exactly(encoders, tmp_path,
+                                                                      monkeypatch):
+  config = probe_config("probe_linear", encoders["trained"], steps=12)
+  config.data.train.split = "train[:200]"  # not a multiple of the batch: epochs straddle
+  config.checkpoint.every_steps = 6
+  whole = train_and_evaluate(config, str(tmp_path / "whole"))
+  features, labels = feature_cache.load(tmp_path / "whole", json_key(tmp_path / "whole"))
+  assert features.shape == (200, 32) and labels.shape == (200,)
+  # The cache is the encoder's output on the train images, in the split's order.
+  params, model_cfg = checkpoint.load_params(encoders["trained"])
+  encoder = ImageClassifier(model_cfg, 24, "embedding", with_head=False)
+  data = train_config.resolve(config).data
+  first = next(iter(labels_lib.build_eval_iterator(
+      data, "label", global_batch_size=16, process_index=0, process_count=1,
+      tokenizer=tokenizers.load(config.data.tokenizer), dataset=config.data.train)))
+  expected = encoder.apply({"params": {k: params[k] for k in ("visual", "pooling")}},
+                           jnp.asarray(first["images"]))
+  np.testing.assert_allclose(features[:16], expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(labels[:16], first["label"])
+  # Killed after step 6: the resumed run reads the cache (computing it again would fail here)
+  # and ends where the uninterrupted run ended.
+  shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "12")
+  monkeypatch.setattr(feature_cache, "compute", _no_compute)
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed == whole
+  a = checkpoint_tree(tmp_path / "whole")["params"]["head"]
+  b = checkpoint_tree(tmp_path / "resumed")["params"]["head"]
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+
+
+def _no_compute(*args, **kwargs):
+  raise AssertionError("the feature cache was computed again")
+
+
+def json_key(workdir):
+  return json.loads((workdir / feature_cache.DIRNAME / "key.json").read_text())
 
 
 def test_attentive_probe_trains_a_fresh_pooler_on_the_frozen_encoder(encoders, tmp_path):
@@ -105,6 +156,8 @@ def test_layer_decay_scales_each_encoder_layer(scanned):
     (lambda c: c.classify.update(label_smoothing=1.0), "classify.label_smoothing"),
     (lambda c: c.classify.update(hidden_dim=-1), "classify.hidden_dim"),
     (lambda c: setattr(c, "init_from", ""), "init_from"),
+    (lambda c: c.classify.update(features="attentive"), "classify.cache_features"),
+    (lambda c: c.data.update(crop="random_resized_crop"), "classify.cache_features"),
 ])
 def test_bad_probe_configs_are_refused_naming_the_field(change, field):
   from coca_jax import classify  # pylint: disable=import-outside-toplevel

@@ -62,6 +62,9 @@ def test_truncation_keeps_end_token(spm_tokenizer):
   assert ids.shape == (1, 10) and ids[0, 0] == tok.bos_id and ids[0, -1] == tok.eos_id
   assert tok.pad_id not in ids[0]
   assert tok.decode(ids[0]) == "a small red circle a small red circle"
+  # Too short for the start and end tokens: a clear error, not an index error inside.
+  with pytest.raises(ValueError, match="at least 2"):
+    tok.encode("a", 0)
 
 
 def test_sentencepiece_any_text_roundtrips(spm_tokenizer):

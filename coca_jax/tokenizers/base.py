@@ -30,6 +30,9 @@ class Tokenizer(abc.ABC):
 
   def encode(self, texts: Union[str, Iterable[str]], length: int) -> np.ndarray:
     """int32 (B, length): start token, ids, end token (kept when cut), padding."""
+    if length < 2:
+      raise ValueError(f"text length {length}: a tokenized text needs at least 2 positions "
+                       "(start and end tokens)")
     if isinstance(texts, str):
       texts = [texts]
     texts = list(texts)
