@@ -32,17 +32,20 @@ def _gather(x) -> np.ndarray:
 
 def compute(features_fn, params, batches, mesh, rules) -> Tuple[np.ndarray, np.ndarray]:
   """(features float32 (N, D), labels int32 (N,)) of every real example of `batches` (an eval
-  iterator: {"images", "label", "mask"}), in its order. `features_fn(params, images)`."""
-  features, labels = [], []
+  iterator: {"images", "label", "mask", "index"}), in the split's order whatever the number of
+  processes (each holds every process_count-th example). `features_fn(params, images)`."""
+  features, labels, indices = [], [], []
   for local in batches:
-    batch = sharding.global_batch({k: local[k] for k in ("images", "label", "mask")}, mesh,
-                                  rules)
+    batch = sharding.global_batch(
+        {k: local[k] for k in ("images", "label", "mask", "index")}, mesh, rules)
     keep = _gather(batch["mask"]) & (_gather(batch["label"]) >= 0)
     features.append(_gather(features_fn(params, batch["images"])).astype(np.float32)[keep])
     labels.append(_gather(batch["label"]).astype(np.int32)[keep])
+    indices.append(_gather(batch["index"])[keep])
   if not features or not sum(len(x) for x in labels):
     raise ValueError("feature cache: the train split gave no labelled example")
-  return np.concatenate(features), np.concatenate(labels)
+  order = np.argsort(np.concatenate(indices), kind="stable")
+  return np.concatenate(features)[order], np.concatenate(labels)[order]
 
 
 def load(workdir, key: Dict) -> Optional[Tuple[np.ndarray, np.ndarray]]:

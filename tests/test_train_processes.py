@@ -1,5 +1,6 @@
 """Training as separate processes: exact resume after SIGKILL, SIGTERM saves and exits, two
-processes on localhost equal one, resume on another mesh, a dead process stops the others."""
+processes on localhost equal one (pretraining, and a linear probe whose feature cache each
+process gathers whole), resume on another mesh, a dead process stops the others."""
 import re
 import signal
 import socket
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 
 from coca_jax import checkpoint
-from train_fixtures import ROOT, run_train, subprocess_env, train_command
+from train_fixtures import ROOT, random_micro_export, run_train, subprocess_env, train_command
 
 LOSS = re.compile(r"step (\d+)/\d+ \| loss ([0-9.]+)")
 
@@ -19,8 +20,9 @@ def losses(stdout):
   return {int(s): float(v) for s, v in LOSS.findall(stdout)}
 
 
-def start(workdir, *overrides, devices=1):
-  return subprocess.Popen(train_command(workdir, *overrides), env=subprocess_env(devices),
+def start(workdir, *overrides, devices=1, **kwargs):
+  return subprocess.Popen(train_command(workdir, *overrides, **kwargs),
+                          env=subprocess_env(devices),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
@@ -114,6 +116,35 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r"resumed from .*/checkpoints/4", resumed.stdout), resumed.stdout
   assert sorted(losses(resumed.stdout)) == [5, 6]
+
+
+def test_two_processes_cache_the_same_probe_features_as_one(tmp_path):
+  probe = dict(config=ROOT / "configs" / "probe_linear.py")
+  args = [f"--config.init_from={random_micro_export(tmp_path / 'encoder')}",
+          "--config.num_train_steps=4", "--config.global_batch_size=16",
+          "--config.log_every_steps=1", "--config.data.train.split=train[:90]",
+          "--config.data.eval.split=validation[:32]", "--config.evals.batch_size=16",
+          "--config.checkpoint.async_save=False"]
+  single = run_train(tmp_path / "one", *args, devices=2, **probe)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = free_port()
+  procs = [start(tmp_path / "two", *args,
+                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                 "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+                 devices=1, **probe) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  # 90 train images (6 batches of 16, the last padded): the same cache, in the split's order.
+  cached = [np.load(tmp_path / run / "feature_cache" / "features.npy") for run in ("one", "two")]
+  assert cached[0].shape == (90, 32)
+  np.testing.assert_allclose(cached[1], cached[0], atol=1e-6)
+  np.testing.assert_array_equal(np.load(tmp_path / "two" / "feature_cache" / "labels.npy"),
+                                np.load(tmp_path / "one" / "feature_cache" / "labels.npy"))
+  two, one = losses(outs[0]), losses(single.stdout)
+  assert sorted(two) == sorted(one) == [1, 2, 3, 4]
+  for s in one:
+    assert abs(two[s] - one[s]) <= 1e-5, (s, two[s], one[s])
 
 
 def test_a_dead_process_stops_the_others(tmp_path):

@@ -16,8 +16,8 @@ def micro_config():
   return module.get_config()
 
 
-def train_command(workdir, *overrides):
-  return [sys.executable, str(ROOT / "train.py"), f"--config={MICRO_TRAIN}",
+def train_command(workdir, *overrides, config=MICRO_TRAIN):
+  return [sys.executable, str(ROOT / "train.py"), f"--config={config}",
           f"--workdir={workdir}", *overrides]
 
 
@@ -30,9 +30,10 @@ def subprocess_env(devices: int = 1, data_dir=None):
   return env
 
 
-def run_train(workdir, *overrides, devices=1, data_dir=None, timeout=300):
-  return subprocess.run(train_command(workdir, *overrides), env=subprocess_env(devices, data_dir),
-                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run_train(workdir, *overrides, devices=1, data_dir=None, timeout=300, config=MICRO_TRAIN):
+  return subprocess.run(train_command(workdir, *overrides, config=config),
+                        env=subprocess_env(devices, data_dir), capture_output=True, text=True,
+                        timeout=timeout, cwd=ROOT)
 
 
 # A micro CoCa pretrained for a few hundred steps (about 30 s on 2 CPU cores), half captions,

@@ -54,9 +54,10 @@ def _check_scene_label(spec, label: str):
 
 
 def relabel(example: Dict, label: str) -> Dict:
-  """{"images", "label"} (+ "mask", bad-record marks) with the chosen label; an example or a
-  batch. A blank (masked-out) example's label is -1."""
-  out = {k: v for k, v in example.items() if k in ("images", "label", "mask", records.BAD)}
+  """{"images", "label"} (+ "mask", "index", bad-record marks) with the chosen label; an
+  example or a batch. A blank (masked-out) example's label is -1."""
+  out = {k: v for k, v in example.items()
+         if k in ("images", "label", "mask", "index", records.BAD)}
   if label != "label":
     scene = np.asarray(example["scene"])
     out["label"] = np.where(scene[..., 0] >= 0, SCENE_LABELS[label][1](scene),
