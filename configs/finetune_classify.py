@@ -1,6 +1,6 @@
 """Fine-tunes a CoCa image encoder end to end with a classification head (on the pooled image
 embedding by default): label smoothing, layer-wise learning-rate decay, warmup + cosine,
-gradient clipping 1.0; top-1 / top-5 on the eval split at the end.
+gradient clipping 1.0; top-1 / top-5 on the eval split every 5,000 steps and at the end.
 
 ImageNet from the user's own tars (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar in DIR;
 TFDS prepares them once, nothing is downloaded):
@@ -31,5 +31,6 @@ def get_config():
                                grad_clip_norm=1.0, layer_decay=0.75))
   config.checkpoint.every_steps = 2000
   config.log_every_steps = 100
+  config.eval_every_steps = 5000
   config.evals.batch_size = 512
   return config

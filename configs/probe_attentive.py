@@ -24,5 +24,6 @@ def get_config():
                                decay="cosine", weight_decay=1e-4, grad_clip_norm=1.0))
   config.checkpoint.every_steps = 500
   config.log_every_steps = 100
+  config.eval_every_steps = 0  # top-1 / top-5 at the end
   config.evals.batch_size = 256
   return config

@@ -31,5 +31,6 @@ def get_config():
                                decay="cosine", weight_decay=0.0, grad_clip_norm=0.0))
   config.checkpoint.every_steps = 500
   config.log_every_steps = 100
+  config.eval_every_steps = 0  # top-1 / top-5 at the end
   config.evals.batch_size = 256
   return config
