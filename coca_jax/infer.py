@@ -15,7 +15,6 @@ Datasets as in eval.py ("" = config.data.eval; "folder:PATH" = a folder of image
 Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature.
 Rows are written as batches finish, so the whole set never sits in memory.
 """
-import dataclasses
 import json
 import os
 import time
@@ -62,7 +61,9 @@ def _writer(path, shape, main: bool):
 def infer(config, checkpoint_path: str, output_dir: str, dataset="",
           outputs=("image_embeddings",), texts_file: Optional[str] = None,
           generation=None, seed: int = 0, batch_size: int = 256) -> Dict:
-  """Runs the chosen outputs; returns the manifest (also written as manifest.json)."""
+  """Runs the chosen outputs; returns the manifest (also written as manifest.json).
+  `generation`: a `decode.GenerationConfig`, or a dict ("strategy" and any of its fields) that
+  the config completes (lengths, token ids)."""
   # pylint: disable=import-outside-toplevel
   import flax.linen as nn
   import jax
@@ -92,7 +93,13 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
       it = common.eval_iterator(config, tokenizer, common.fit_batch(batch_size, mesh),
                                 dataset)
     manifest["examples"] = it.num_examples
-  gen = generation or generation_config(config, tokenizer)
+  # Settings given as overrides are completed from the config only now that the checkpoint
+  # has given it the model's text length.
+  if generation is None or isinstance(generation, dict):
+    overrides = dict(generation or {})
+    gen = generation_config(config, tokenizer, overrides.pop("strategy", "greedy"), **overrides)
+  else:
+    gen = generation
   rng = jax.random.key(seed)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -188,9 +195,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=import-outside-toplevel
-  from coca_jax import tokenizers
   from coca_jax.data.pipeline import hide_accelerators_from_tensorflow
-  from coca_jax.evals.captions import generation_config
   # pylint: enable=import-outside-toplevel
   hide_accelerators_from_tensorflow()
   f = flags.FLAGS
@@ -204,11 +209,8 @@ def main(argv):
   if f.text_key:
     from coca_jax.evals import common  # pylint: disable=import-outside-toplevel
     dataset = {**common.dataset_spec(config, dataset), "text_key": f.text_key}
-  tokenizer = tokenizers.load(config.data.tokenizer)
-  generation = generation_config(config, tokenizer, strategy=f.strategy)
-  generation = dataclasses.replace(
-      generation, min_len=f.min_len, num_beams=f.num_beams, top_k=f.top_k, top_p=f.top_p,
-      temperature=f.temperature)
+  generation = dict(strategy=f.strategy, min_len=f.min_len, num_beams=f.num_beams,
+                    top_k=f.top_k, top_p=f.top_p, temperature=f.temperature)
   infer(config, f.checkpoint, f.output, dataset, tuple(f.outputs), f.texts, generation,
         f.seed, f.batch_size)
 

@@ -1,5 +1,6 @@
 """Batch inference: every example once, rows in split order, equal to the model run directly;
-the command line with a texts file and beam-search captions."""
+the command line with a texts file and beam-search captions, given a fine-tune config whose
+model and text length come from the checkpoint."""
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from coca_jax import data, params_checkpoint, tokenizers
 from coca_jax.infer import infer
 from coca_jax.model import create_model
-from train_fixtures import MICRO_TRAIN, ROOT, micro_config, subprocess_env
+from train_fixtures import ROOT, micro_config, subprocess_env
 
 SPLIT = "coca_shapes:validation[:21]"
 
@@ -60,7 +61,8 @@ def test_infer_writes_every_example_in_split_order(tmp_path, saved):
 def test_infer_command_line(tmp_path, saved):
   directory, _, _ = saved
   (tmp_path / "texts.txt").write_text("a red circle\n\na blue square on the left\n")
-  command = [sys.executable, "-m", "coca_jax.infer", f"--config={MICRO_TRAIN}",
+  config = ROOT / "configs" / "caption_finetune.py"  # model "init_from", text length 0
+  command = [sys.executable, "-m", "coca_jax.infer", f"--config={config}",
              f"--checkpoint={directory}", f"--dataset={SPLIT}",
              "--outputs=text_embeddings,captions", f"--texts={tmp_path / 'texts.txt'}",
              "--strategy=beam", "--num_beams=2", "--batch_size=8",

@@ -26,10 +26,9 @@ def generation_config(config, tokenizer, strategy: str = "greedy", **overrides):
   length (start and end tokens included) unless `max_caption_length` says otherwise; the model
   decides when to stop (no minimum length) unless `caption_min_length` is set."""
   ev = config.evals
-  max_len = ev.get("max_caption_length", 0) or config.data.text_length
-  return decode.GenerationConfig.for_tokenizer(
-      tokenizer, strategy=strategy, max_len=int(max_len),
-      min_len=int(ev.get("caption_min_length", 0)), **overrides)
+  settings = {"max_len": int(ev.get("max_caption_length", 0) or config.data.text_length),
+              "min_len": int(ev.get("caption_min_length", 0)), **overrides}
+  return decode.GenerationConfig.for_tokenizer(tokenizer, strategy=strategy, **settings)
 
 
 class CaptionEvaluator:
