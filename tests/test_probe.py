@@ -14,6 +14,7 @@ import pytest
 from coca_jax import checkpoint, feature_cache, freeze, optim, tokenizers, train_config
 from coca_jax.classifier import ImageClassifier
 from coca_jax.data import labels as labels_lib
+from coca_jax.evals import evaluate
 from coca_jax.train import train_and_evaluate
 from train_fixtures import (checkpoint_tree, load_config, pretrain_micro,
                             random_micro_export)
@@ -64,6 +65,9 @@ def test_linear_probe_keeps_the_encoder_and_beats_a_random_encoder(encoders, tmp
   assert_encoder_frozen(tmp_path / "trained", encoders["trained"], ("visual", "pooling"),
                         ("head",))
   assert trained["classify/examples"] == random["classify/examples"] == 500
+  # eval.py on a probe's workdir says what it holds instead of failing on param shapes.
+  with pytest.raises(ValueError, match="holds an image classifier"):
+    evaluate.evaluate(probe_config("probe_linear", encoders["trained"]), str(tmp_path / "random"))
   # Measured on the whole validation split: 32.8% against 14.6% (chance 4.2%).
   assert trained["classify/top1"] > random["classify/top1"] + 0.1, (trained, random)
   assert trained["classify/top1"] > 1.5 * random["classify/top1"], (trained, random)

@@ -58,6 +58,11 @@ def load_model(config, path, mesh, rules, loaded=None):
   config saved with the params (it is what they were trained as). `loaded`: the
   (params, model config) `checkpoint.load_params(path)` gave, if already read."""
   params, model_config = loaded or checkpoint.load_params(path)
+  if "head" in params and "decoder" not in params:
+    raise ValueError(f"{path} holds an image classifier (a probe or a classification "
+                     "fine-tune: encoder and head), not a CoCa model: its top-1 / top-5 are in "
+                     "its final_metrics.json, and train.py with the same config and workdir "
+                     "evaluates it again")
   model = create_model(model_config)
   cfg = model.cfg
   if config.data.image_size != cfg.vision.image_size:
