@@ -33,8 +33,7 @@ import numpy as np
 import optax
 
 from coca_jax import checkpoint, distributed, feature_cache, freeze, loop, optim, sharding
-from coca_jax import tokenizers
-from coca_jax import train_config
+from coca_jax import tokenizers, train_config
 from coca_jax import train as train_lib
 from coca_jax.classifier import FEATURES, ImageClassifier, head_of
 from coca_jax.data import labels as labels_lib
@@ -159,8 +158,12 @@ def _encoder_from(config, params, encoder_names):
 def _feature_cache(config, workdir, model, frozen, tokenizer, mesh, rules):
   """(features, labels) of the train split: the workdir's cache if it was made by the same
   encoder, data and feature, else computed now (one pass of the encoder) and saved."""
-  key = {"init_from": str(config.init_from), "features": config.classify.features,
-         "label": config.classify.label, "data": json.loads(config.data.to_json_best_effort())}
+  data = resolve_data(config.data)
+  key = json.loads(json.dumps({  # what decides the features (JSON-normalised: tuples as lists)
+      "init_from": str(config.init_from), "features": config.classify.features,
+      "label": config.classify.label,
+      **{k: data[k] for k in ("train", "data_dir", "image_size", "normalization", "mean",
+                              "std")}}))
   found = feature_cache.load(workdir, key)
   if found is not None:
     _print(f"feature cache: {len(found[1])} examples from {workdir / feature_cache.DIRNAME}")
@@ -172,7 +175,7 @@ def _feature_cache(config, workdir, model, frozen, tokenizer, mesh, rules):
       config.data, config.classify.label,
       global_batch_size=common.fit_batch(config.evals.batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      tokenizer=tokenizer, dataset=resolve_data(config.data)["train"])
+      tokenizer=tokenizer, dataset=data["train"])
   features, labels = feature_cache.compute(features_fn, frozen, batches, mesh, rules)
   if jax.process_index() == 0:
     feature_cache.save(workdir, key, features, labels)
