@@ -4,7 +4,8 @@
 #      at its first failure, e.g. out of memory), MFU against 989 and 790 TFLOP/s (an H200's
 #      dense bf16 specification and the figure measured on it);
 #   2. captioning tokens/s and captions/s, greedy and 6 beams, 30 tokens;
-#   3. image and text encoding throughput.
+#   3. image and text encoding throughput;
+#   4. one KV-cached decoding step against the memory it reads (decode_step.py).
 # Needs only jax, flax, optax and numpy: configs load without ml_collections (benchmarks/common.py).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR                 # on the GPU host, from the repo root
@@ -20,6 +21,7 @@ if [ -n "${GPU_RUN_SMOKE:-}" ]; then
   config=configs/tiny.py; peaks=1; steps="--steps=1 --warmup=1"; limit=120
   sweeps=("full:2:{\"caption_loss_chunks\":2}" "none:2:{\"attention_impl\":\"xla\"}")
   caption="--batch=2 --max_len=8 --beams=2 --runs=1"; encode="--batch_sizes=2 --runs=1"
+  step="--batch_sizes=2 --max_len=8 --runs=1 --probe_mb=8"
 else
   config=${GPU_RUN_CONFIG:-configs/coca_base.py}; peaks=989,790; steps="--steps=5 --warmup=2"
   limit=240
@@ -31,6 +33,7 @@ else
   sweeps=("full:1536,2048:{$chunks}" "dots_no_batch:512,768:{$chunks}" "none:256:{$chunks}"
           "full:1536:{$chunks,\"attention_impl\":\"cudnn\"}")
   caption="--batch=64 --runs=3"; encode="--batch_sizes=256 --runs=5"
+  step="--batch_sizes=8,64 --runs=3 --probe_mb=2048"
 fi
 
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -54,4 +57,6 @@ timeout $limit $py benchmarks/captioning.py --configs=$config --skip_open_clip $
   | tee -a "$out/captioning.jsonl"
 timeout $limit $py benchmarks/encode.py --configs=$config --peak_tflops=$peaks $encode \
   | tee -a "$out/encode.jsonl"
+timeout $limit $py benchmarks/decode_step.py --configs=$config $step \
+  | tee -a "$out/decode_step.jsonl"
 echo "results in $out"

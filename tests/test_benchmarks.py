@@ -84,3 +84,12 @@ def test_encode_lines(gpu_run):
   lines = read_lines(out / "encode.jsonl")
   assert sorted(l["benchmark"] for l in lines) == ["encode_image", "encode_text"]
   assert all(l["examples_per_s"] > 0 for l in lines)
+
+
+def test_decode_step_lines(gpu_run):
+  out, _ = gpu_run
+  (line,) = read_lines(out / "decode_step.jsonl")
+  # Timings are only reported (a difference of two tiny timings may even come out negative);
+  # the sizes are exact.
+  assert {"ms_per_step", "gb_per_s_read", "fraction_of_probe"} <= set(line)
+  assert line["text_weights_mb"] > 0 and line["cross_kv_mb"] > 0 and line["probe_gb_per_s"] > 0
