@@ -69,8 +69,8 @@ def measure(path, model_config, batch, max_len, runs, probe_mb):
   line = common.header(
       benchmark="decode_step", config=path, batch=batch, dtype=cfg.dtype, max_len=max_len,
       seconds_2_tokens=round(seconds[2], 4), seconds_max_len=round(seconds[max_len], 4),
-      ms_per_step=round(step_s * 1e3, 2), text_weights_mb=round(weights / 2**20, 1),
-      cross_kv_mb=round(cross / 2**20, 1),
+      ms_per_step=round(step_s * 1e3, 2), text_weights_mb=round(weights / 2**20, 3),
+      cross_kv_mb=round(cross / 2**20, 3),
       gb_per_s_read=round(read / step_s / 1e9, 2), probe_gb_per_s=round(probe, 2),
       fraction_of_probe=round(read / step_s / 1e9 / probe, 3))
   print(json.dumps(line), flush=True)
