@@ -65,10 +65,12 @@ class MultiHeadAttention(nn.Module):
           inputs_kv's own written in at position `index` (`mask` hides the unwritten ones);
           returns inputs_kv's keys/values, which the caller stores at `index` (the stacked
           caches of all layers are then updated in place, once per step);
-      {"key", "value"}: cross-attention to keys/values of an earlier step (inputs_kv unused;
-          returns {}); when they have fewer rows than the queries, each serves a group of
-          consecutive rows (the beams of one image) so they are never copied per beam;
-      {}: inputs_kv's keys/values are computed and returned, for the steps after.
+      {"key", "value"}: cross-attention to keys (B, H, D, S) and values (B, H, S, D) of an
+          earlier step (inputs_kv unused; returns {}); when they have fewer rows than the
+          queries, each serves a group of consecutive rows (the beams of one image) so they are
+          never copied per beam;
+      {}: inputs_kv's keys/values are computed and returned, for the steps after, already in
+          the layout the products over them take (so no step transposes them again).
     """
     width = self.width or inputs_q.shape[-1]
     head_dim = width // self.num_heads
@@ -77,9 +79,21 @@ class MultiHeadAttention(nn.Module):
       return HeadsProjection(self.num_heads, head_dim, self.use_bias, self.dtype, name=name)(x)
 
     q = project("query", inputs_q)
+    if cache is not None and "index" not in cache and mask is not None:
+      raise ValueError("cross-attention to stored keys/values takes no mask")
     if cache and "index" not in cache:
-      k, v = cache["key"], cache["value"]
-      new = {}
+      out = _attend_to_stored(q, cache["key"], cache["value"])
+      out = OutputProjection(width, self.dtype, name="out")(out)
+      return P.constrain(out, ("act_batch", "act_len", "act_embed")), {}
+    if cache is not None and not cache:
+      k, v = project("key", inputs_kv), project("value", inputs_kv)
+      stored = {"key": P.constrain(jnp.transpose(k, (0, 2, 3, 1)),
+                                   ("act_batch", "act_heads", "act_kv", "act_len")),
+                "value": P.constrain(jnp.transpose(v, (0, 2, 1, 3)),
+                                     ("act_batch", "act_heads", "act_len", "act_kv"))}
+      out = _attend_to_stored(q, stored["key"], stored["value"])
+      out = OutputProjection(width, self.dtype, name="out")(out)
+      return P.constrain(out, ("act_batch", "act_len", "act_embed")), stored
     else:
       k = project("key", inputs_kv)
       v = project("value", inputs_kv)
@@ -102,3 +116,16 @@ class MultiHeadAttention(nn.Module):
     if cache is None:
       return out
     return out, new
+
+
+def _attend_to_stored(q, key, value):
+  """Attention of queries (B*G, T, H, D) to stored keys (B, H, D, S) and values (B, H, S, D):
+  one product each, no transposition of the stored arrays. Rows of a group of G consecutive
+  queries (the beams of one image) share their image's keys and values."""
+  b, heads, head_dim = key.shape[0], key.shape[1], key.shape[2]
+  groups, t = q.shape[0] // b, q.shape[1]
+  q = q.reshape(b, groups * t, heads, head_dim)
+  logits = jnp.einsum("bqhd,bhds->bhqs", q, key) / jnp.sqrt(head_dim).astype(q.dtype)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+  out = jnp.einsum("bhqs,bhsd->bqhd", probs, value)
+  return out.reshape((b * groups, t) + out.shape[2:])
