@@ -44,8 +44,7 @@ from coca_jax.evals.zero_shot import topk_hits
 from coca_jax.model.config import from_dict
 
 TASKS = ("probe", "classify")
-_print = loop.print0
-_barrier = train_lib._barrier  # pylint: disable=protected-access
+_print, _barrier = distributed.print0, distributed.barrier
 
 
 def check(config) -> None:

@@ -1,4 +1,5 @@
-"""Multi-process start-up: `jax.distributed.initialize` when the config or the environment asks.
+"""Multi-process start-up: `jax.distributed.initialize` when the config or the environment asks;
+`barrier(name)` and `print0(message)` for code every process runs.
 
 `config.distributed` fields:
   enabled                 "auto" | True | False. auto: initialize when a coordinator address is
@@ -40,3 +41,16 @@ def initialize(dist_config) -> None:
       heartbeat_timeout_seconds=int(dist_config.heartbeat_timeout_s), **kwargs)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def barrier(name: str):
+  """Waits until every process reaches the barrier of this name (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def print0(message: str):
+  """Progress for people: process 0 only, flushed at once."""
+  if jax.process_index() == 0:
+    print(message, flush=True)

@@ -14,20 +14,12 @@ import json
 from typing import Dict, Optional, Tuple
 
 from etils import epath
-import jax
 import numpy as np
 
 from coca_jax import sharding
+from coca_jax.evals import common
 
 DIRNAME = "feature_cache"
-
-
-def _gather(x) -> np.ndarray:
-  """A global array, whole, on every process."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
 
 
 def compute(features_fn, params, batches, mesh, rules) -> Tuple[np.ndarray, np.ndarray]:
@@ -38,10 +30,12 @@ def compute(features_fn, params, batches, mesh, rules) -> Tuple[np.ndarray, np.n
   for local in batches:
     batch = sharding.global_batch(
         {k: local[k] for k in ("images", "label", "mask", "index")}, mesh, rules)
-    keep = _gather(batch["mask"]) & (_gather(batch["label"]) >= 0)
-    features.append(_gather(features_fn(params, batch["images"])).astype(np.float32)[keep])
-    labels.append(_gather(batch["label"]).astype(np.int32)[keep])
-    indices.append(_gather(batch["index"])[keep])
+    host = common.gather({"features": features_fn(params, batch["images"]),
+                          **{k: batch[k] for k in ("label", "mask", "index")}}, mesh)
+    keep = host["mask"] & (host["label"] >= 0)
+    features.append(host["features"].astype(np.float32)[keep])
+    labels.append(host["label"].astype(np.int32)[keep])
+    indices.append(host["index"][keep])
   if not features or not sum(len(x) for x in labels):
     raise ValueError("feature cache: the train split gave no labelled example")
   order = np.argsort(np.concatenate(indices), kind="stable")

@@ -88,7 +88,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
       "text_embeddings" in outputs and not texts_file):
     it = (common.eval_iterator(config, tokenizer, common.fit_batch(batch_size, mesh), dataset)
           if main else None)
-    evaluate._barrier("data_ready")  # pylint: disable=protected-access
+    distributed.barrier("data_ready")
     if it is None:
       it = common.eval_iterator(config, tokenizer, common.fit_batch(batch_size, mesh),
                                 dataset)

@@ -13,16 +13,11 @@ import jax
 import numpy as np
 
 from coca_jax import checkpoint, freeze, sharding
+from coca_jax.distributed import print0
 
 
 class NonFiniteError(FloatingPointError):
   """A step's loss or gradient was NaN or Inf."""
-
-
-def print0(message: str):
-  """Progress for people: process 0 only, flushed at once."""
-  if jax.process_index() == 0:
-    print(message, flush=True)
 
 
 def run(config, workdir, *, step_fn: Callable, state, frozen, train_iter, manager, writer,

@@ -28,7 +28,7 @@ from coca_jax.model import create_model
 from coca_jax.model.summary import count_params
 
 
-_print = loop.print0
+_print, _barrier = distributed.print0, distributed.barrier
 NonFiniteError = loop.NonFiniteError  # the loop raises it; kept importable from here
 
 
@@ -195,12 +195,6 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 
 
 # --- helpers of the loop ---------------------------------------------------------------------
-
-def _barrier(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
-
 
 def freeze_prefixes(config):
   """config.freeze with "contrastive_only" expanded for this model's pooler layout."""

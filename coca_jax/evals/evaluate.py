@@ -27,15 +27,7 @@ RESULTS_FILE = "results.json"
 CAPTIONS_FILE = "captions.jsonl"
 
 
-def _print(message: str):
-  if common.main_process():
-    print(message, flush=True)
-
-
-def _barrier(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
+_print, _barrier = distributed.print0, distributed.barrier
 
 
 def logical_rules(config):

@@ -79,38 +79,31 @@ class MultiHeadAttention(nn.Module):
       return HeadsProjection(self.num_heads, head_dim, self.use_bias, self.dtype, name=name)(x)
 
     q = project("query", inputs_q)
-    if cache is not None and "index" not in cache and mask is not None:
-      raise ValueError("cross-attention to stored keys/values takes no mask")
-    if cache and "index" not in cache:
-      out = _attend_to_stored(q, cache["key"], cache["value"])
-      out = OutputProjection(width, self.dtype, name="out")(out)
-      return P.constrain(out, ("act_batch", "act_len", "act_embed")), {}
-    if cache is not None and not cache:
-      k, v = project("key", inputs_kv), project("value", inputs_kv)
-      stored = {"key": P.constrain(jnp.transpose(k, (0, 2, 3, 1)),
-                                   ("act_batch", "act_heads", "act_kv", "act_len")),
-                "value": P.constrain(jnp.transpose(v, (0, 2, 1, 3)),
-                                     ("act_batch", "act_heads", "act_len", "act_kv"))}
+    if cache is not None and "index" not in cache:  # decoding's cross-attention
+      if mask is not None:
+        raise ValueError("cross-attention to stored keys/values takes no mask")
+      stored = cache
+      if not cache:  # the first step: the image's keys/values, stored for the steps after
+        k, v = project("key", inputs_kv), project("value", inputs_kv)
+        stored = {"key": P.constrain(jnp.transpose(k, (0, 2, 3, 1)),
+                                     ("act_batch", "act_heads", "act_kv", "act_len")),
+                  "value": P.constrain(jnp.transpose(v, (0, 2, 1, 3)),
+                                       ("act_batch", "act_heads", "act_len", "act_kv"))}
       out = _attend_to_stored(q, stored["key"], stored["value"])
       out = OutputProjection(width, self.dtype, name="out")(out)
-      return P.constrain(out, ("act_batch", "act_len", "act_embed")), stored
-    else:
-      k = project("key", inputs_kv)
-      v = project("value", inputs_kv)
-      new = {"key": k, "value": v}
-      if cache:
-        write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
-            c, x.astype(c.dtype), cache["index"], axis=1)
-        k, v = write(cache["key"], k), write(cache["value"], v)
+      new = {} if cache else stored
+      return P.constrain(out, ("act_batch", "act_len", "act_embed")), new
+    k = project("key", inputs_kv)
+    v = project("value", inputs_kv)
+    new = {"key": k, "value": v}
+    if cache:
+      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
+          c, x.astype(c.dtype), cache["index"], axis=1)
+      k, v = write(cache["key"], k), write(cache["value"], v)
     q = P.constrain(q, ("act_batch", "act_len", "act_heads", "act_kv"))
     k = P.constrain(k, ("act_batch", "act_len", "act_heads", "act_kv"))
     v = P.constrain(v, ("act_batch", "act_len", "act_heads", "act_kv"))
-    groups = q.shape[0] // k.shape[0]
-    if groups > 1:  # the rows of a group attend to the same keys: stack their queries
-      q = q.reshape((k.shape[0], groups * q.shape[1]) + q.shape[2:])
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-    if groups > 1:
-      out = out.reshape(inputs_q.shape[:2] + out.shape[2:])
     out = OutputProjection(width, self.dtype, name="out")(out)
     out = P.constrain(out, ("act_batch", "act_len", "act_embed"))
     if cache is None:
