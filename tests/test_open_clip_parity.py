@@ -309,3 +309,79 @@ def test_cli_on_safetensors(small_sd, tmp_path):
   restored, cfg = params_checkpoint.load(str(out))
   assert cfg == from_dict(SMALL_CONFIG)
   assert_same_params(convert_state_dict(small_sd, SMALL_CONFIG), restored)
+
+
+# --- checkpoints as training scripts and wrappers save them ------------------------------
+
+def _prefixed(state_dict, prefix):
+  return {prefix + k: v for k, v in state_dict.items()}
+
+
+# name -> what torch.save is given, from the model's own torch state dict.
+LAYOUTS = {
+    "plain": lambda sd: sd,
+    "torch.compile": lambda sd: _prefixed(sd, "_orig_mod."),
+    "DDP(torch.compile)": lambda sd: _prefixed(sd, "module._orig_mod."),
+    "torch.compile(DDP)": lambda sd: _prefixed(sd, "_orig_mod.module."),
+    "open_clip training": lambda sd: {"epoch": 3, "name": "run", "state_dict":
+                                      _prefixed(sd, "module."), "optimizer": {
+                                          "state": {}, "param_groups": [{"lr": 1e-4}]}},
+    "open_clip training, compiled": lambda sd: {"epoch": 3, "state_dict":
+                                                _prefixed(sd, "_orig_mod.module.")},
+    "Lightning": lambda sd: {"epoch": 1, "global_step": 10, "pytorch-lightning_version": "2.4",
+                             "state_dict": _prefixed(sd, "model."),
+                             "optimizer_states": [{"state": {}}], "lr_schedulers": []},
+    "Lightning, compiled": lambda sd: {"state_dict": _prefixed(sd, "model._orig_mod."),
+                                       "loops": {}},
+    "model entry": lambda sd: {"model": sd, "epoch": 2},
+    "nested model/state_dict": lambda sd: {"model": {"state_dict": _prefixed(sd, "module.")}},
+    "ema entry": lambda sd: {"ema": _prefixed(sd, "module.")},
+    "AveragedModel": lambda sd: dict(_prefixed(sd, "module."), n_averaged=torch.tensor(7)),
+    "DDP(AveragedModel)": lambda sd: dict(_prefixed(sd, "module.module."),
+                                          **{"module.n_averaged": torch.tensor(7)}),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_checkpoint_layouts_convert_bitwise(layout, small_torch, small_sd, tmp_path):
+  path = str(tmp_path / "checkpoint.pt")
+  torch.save(LAYOUTS[layout](small_torch.state_dict()), path)
+  assert_same_params(convert_state_dict(small_sd, SMALL_CONFIG),
+                     convert_state_dict(load_state_dict(path), SMALL_CONFIG))
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "model.module."])
+def test_prefixed_safetensors_and_dicts_convert(prefix, small_sd, tmp_path):
+  """Prefixes come off in the converter too (a state dict handed over in Python)."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  expected = convert_state_dict(small_sd, SMALL_CONFIG)
+  assert_same_params(expected, convert_state_dict(_prefixed(small_sd, prefix), SMALL_CONFIG))
+  path = str(tmp_path / "prefixed.safetensors")
+  save_file({k: np.ascontiguousarray(v) for k, v in _prefixed(small_sd, prefix).items()}, path)
+  assert_same_params(expected, convert_state_dict(load_state_dict(path), SMALL_CONFIG))
+
+
+def test_main_weights_before_ema_and_entry_picks(small_torch, small_sd, tmp_path):
+  other = {k: v + 1 for k, v in small_torch.state_dict().items()}
+  path = str(tmp_path / "timm_style.pt")
+  torch.save({"state_dict": small_torch.state_dict(), "state_dict_ema": other}, path)
+  assert_same_params(convert_state_dict(small_sd, SMALL_CONFIG),
+                     convert_state_dict(load_state_dict(path), SMALL_CONFIG))
+  ema = load_state_dict(path, entry="state_dict_ema")
+  np.testing.assert_array_equal(ema["logit_scale"], small_sd["logit_scale"] + 1)
+  with pytest.raises(ValueError, match=r"no entry 'ema'.*state_dict_ema"):
+    load_state_dict(path, entry="ema")
+
+
+def test_mismatch_error_names_the_prefix_and_expected_names_first(small_sd):
+  """Keys that still do not match (a prefix that is not a wrapper around all of them)."""
+  sd = dict(_prefixed(small_sd, "backbone.coca."), **{"head.weight": np.zeros(2, np.float32)})
+  with pytest.raises(ValueError) as info:
+    convert_state_dict(sd, SMALL_CONFIG)
+  first_lines = str(info.value).splitlines()[:3]
+  assert "share no prefix" in first_lines[1] and "backbone" in first_lines[1], first_lines
+  assert first_lines[2].startswith("Expected") and "visual." in first_lines[2], first_lines
+  sd = _prefixed(small_sd, "visual.")  # a shared prefix that is one of the model's own names
+  with pytest.raises(ValueError) as info:
+    convert_state_dict(sd, SMALL_CONFIG)
+  assert "share the prefix 'visual.'" in str(info.value).splitlines()[1]

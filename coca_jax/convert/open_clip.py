@@ -13,17 +13,21 @@ transposed. Missing, unexpected and mis-shaped tensors are collected and raised 
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Container, Dict, Mapping, Tuple
+from typing import Any, Callable, Container, Dict, Mapping, Optional, Tuple
 
+from absl import logging
 import flax
 import numpy as np
 from flax import traverse_util
 
+from coca_jax.convert import unwrap
 from coca_jax.model.config import from_dict
 from coca_jax.model.layer_stacking import stack_layers, unstack_layers
 from coca_jax.model.summary import abstract_params
 
 Shape = Tuple[int, ...]
+# The first components of open_clip CoCa's state-dict names.
+OPEN_CLIP_TOP_LEVEL = ("visual", "text", "text_decoder", "logit_scale")
 
 # Our top-level (non-layer) params -> (open_clip name, kind). Kinds are defined in _KINDS.
 _DIRECT = {
@@ -145,6 +149,20 @@ def _rule(path: str, state_dict: Container[str]):
   return None
 
 
+def _key_summary(state_dict, stripped, expected) -> str:
+  """What the keys look like beside what was expected: the usual cause of a long list."""
+  prefix = unwrap.shared_prefix(state_dict)
+  firsts = sorted({k.split(".")[0] for k in state_dict})
+  lines = [f"Keys ({len(state_dict)}) share the prefix {prefix!r}"
+           if prefix else f"Keys ({len(state_dict)}) share no prefix",
+           f"(wrapper prefixes removed: {', '.join(stripped) or 'none'}); "
+           f"their first components: {', '.join(firsts[:8])}{' ...' if len(firsts) > 8 else ''}.",
+           f"Expected {len(expected)} names such as "
+           + ", ".join(expected[i] for i in sorted({0, len(expected) // 2, len(expected) - 1}))
+           + f"; first components {', '.join(sorted({n.split('.')[0] for n in expected}))}."]
+  return " ".join(lines[:2]) + "\n" + lines[2]
+
+
 def _fmt(shape) -> str:
   return "(" + ", ".join(str(d) for d in shape) + ")"
 
@@ -152,13 +170,18 @@ def _fmt(shape) -> str:
 def convert_state_dict(state_dict: Mapping[str, Any], model_config) -> Dict[str, Any]:
   """open_clip CoCa state dict (name -> array) -> this model's float32 NumPy params.
 
-  Unrolled layers, or stacked ones when `scan_layers` is set. Raises ValueError naming every
-  missing, unexpected or mis-shaped tensor.
+  Wrapper prefixes that every key shares (DDP's `module.`, torch.compile's `_orig_mod.`,
+  Lightning's `model.`, in any order) are removed first (`unwrap.strip_prefixes`).
+  Returns unrolled layers, or stacked ones when `scan_layers` is set. Raises ValueError naming
+  every missing, unexpected or mis-shaped tensor, after the prefix the keys share and the names
+  that were expected.
   """
   cfg = from_dict(model_config)
   # Convert layer by layer (unrolled names map one-to-one), then stack for a scanned model.
   unrolled = dataclasses.replace(cfg, scan_layers=False)
   target = traverse_util.flatten_dict(flax.linen.unbox(abstract_params(unrolled)), sep="/")
+  expected = sorted({rule[0] for rule in (_rule(p, ()) for p in target) if rule})
+  state_dict, stripped = unwrap.strip_prefixes(state_dict, {n.split(".")[0] for n in expected})
   used, problems, flat = set(), {}, {}
   for path, leaf in sorted(target.items()):
     shape = tuple(leaf.shape)
@@ -186,7 +209,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_config) -> Dict[str,
     problems[f"unexpected tensor {name} {_fmt(np.shape(state_dict[name]))}"] = None
   if problems:
     raise ValueError(f"open_clip state dict does not match the model config "
-                     f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+                     f"({len(problems)} problem(s)).\n"
+                     + _key_summary(state_dict, stripped, expected)
+                     + "\n  " + "\n  ".join(problems))
   params = traverse_util.unflatten_dict(flat, sep="/")
   if cfg.scan_layers:
     params = stack_layers(params)
@@ -230,25 +255,36 @@ def to_open_clip_state_dict(params: Mapping[str, Any], model_config) -> Dict[str
   return state_dict
 
 
-def load_state_dict(path: str) -> Dict[str, np.ndarray]:
+def load_state_dict(path: str, entry: Optional[str] = None) -> Dict[str, np.ndarray]:
   """Reads a .safetensors (NumPy, no torch) or PyTorch .bin/.pt/.pth file -> name -> array.
 
-  Training checkpoints wrap the weights in {"state_dict": ...} and DDP prefixes them "module.".
+  Training checkpoints nest the weights (`{"state_dict": ...}`, `{"model": ...}`, EMA
+  entries) and wrappers prefix them (`module.`, `_orig_mod.`, `model.`): `unwrap` finds the
+  weights (`entry` "a/b" picks a nested one by name) and strips the prefixes every key shares.
   PyTorch tensors come back as float32 (torch's bfloat16 has no NumPy view); safetensors ones
   keep their dtype (ml_dtypes gives NumPy a bfloat16). The converter casts to float32 anyway.
+  Raises ValueError when the file holds no state dict or `entry` names none.
   """
   if path.endswith(".safetensors"):
     import ml_dtypes  # pylint: disable=g-import-not-at-top,unused-import  (NumPy bfloat16)
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    state_dict = load_file(path)
+    checkpoint = load_file(path)
   else:
+    import pickle  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top  (only for PyTorch files)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-      checkpoint = checkpoint["state_dict"]
-    state_dict = {k: v.detach().float().numpy() for k, v in checkpoint.items()}
-  if state_dict and all(k.startswith("module.") for k in state_dict):
-    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    try:
+      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise ValueError(
+          f"{path}: holds Python objects other than tensors, which are not unpickled here "
+          f"(torch.load(weights_only=True) refused: {str(e).splitlines()[0]}). Save the "
+          "weights alone: torch.save(model.state_dict(), 'weights.pt')") from e
+  state_dict, found = unwrap.find_state_dict(checkpoint, entry)
+  if found:
+    logging.info("%s: weights from entry %r", path, found)
+  if not path.endswith(".safetensors"):
+    state_dict = {k: v.detach().float().numpy() for k, v in state_dict.items()}
+  state_dict, _ = unwrap.strip_prefixes(state_dict, OPEN_CLIP_TOP_LEVEL)
   return dict(state_dict)
 
 
@@ -258,7 +294,7 @@ def main(argv):
   from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   model_config = f.config.model
-  params = convert_state_dict(load_state_dict(f.input), model_config)
+  params = convert_state_dict(load_state_dict(f.input, f.entry or None), model_config)
   params_checkpoint.save(f.output, params, model_config)
   n = sum(int(np.prod(x.shape)) for x in traverse_util.flatten_dict(params).values())
   print(f"wrote {n:,d} params from {f.input} to {os.path.abspath(f.output)}")
@@ -270,6 +306,8 @@ def _define_flags():
   config_flags.DEFINE_config_file("config", None, "Config file; its `model` is converted to.",
                                   lock_config=True)
   flags.DEFINE_string("input", None, "open_clip weights: .safetensors, .bin, .pt or .pth.")
+  flags.DEFINE_string("entry", "", "The weights' entry in a nested checkpoint, e.g. "
+                      "'state_dict_ema' (default: the only one, else the model's own weights).")
   flags.DEFINE_string("output", None, "Output directory (a coca_jax params checkpoint).")
   flags.mark_flags_as_required(["config", "input", "output"])
 
