@@ -4,7 +4,7 @@
 
 reads every record once (see `formats.py`), keeps what decodes (images converted to RGB, the
 shorter side brought down to `max_side`, re-encoded as JPEG unless already a small RGB JPEG;
-captions cleaned), drops the rest and counts them by reason. The counts are logged at the end,
+captions cleaned; EXIF rotations and colour profiles applied, see `records`), drops the rest and counts them by reason. The counts are logged at the end,
 stored in the dataset's metadata (`builder.info.metadata["bad_records"]`, by split) and returned by
 `bad_record_report(builder)`. The result is ArrayRecord under
 `data_dir/image_text_files/<name>/1.0.0`, readable by `tfds.builder_from_directory` without this
@@ -46,11 +46,19 @@ def encode_record(raw: Dict, max_side: int = MAX_SIDE, max_caption_chars: int = 
   array = records.decode_image(data, min_size=max_side)
   if min(array.shape[:2]) > max_side:
     array = np.asarray(preprocess.resize_shorter_side(Image.fromarray(array), max_side))
-  elif data[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(data)).mode == "RGB":
+  elif data[:3] == b"\xff\xd8\xff" and _plain_rgb(data):
     return {"image": data, "caption": caption}  # already fine: keep the original bytes
   out = io.BytesIO()
   Image.fromarray(array).save(out, format="JPEG", quality=95)
   return {"image": out.getvalue(), "caption": caption}
+
+
+def _plain_rgb(jpeg: bytes) -> bool:
+  """An RGB JPEG whose stored pixels are the picture: re-encoding would only lose quality.
+  Photos with an EXIF rotation or a colour profile other than sRGB are re-encoded upright in
+  sRGB, so the prepared dataset reads right with any decoder, not only this project's."""
+  image = Image.open(io.BytesIO(jpeg))
+  return image.mode == "RGB" and records.is_upright_srgb(image)
 
 
 class ImageTextFiles(tfds.core.GeneratorBasedBuilder):

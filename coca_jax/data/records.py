@@ -5,6 +5,12 @@ palette, RGBA (over white), 16-bit and float images become 8-bit RGB; an animate
 first frame; large JPEGs are decoded at reduced scale (`draft`) when only a small picture is
 needed. Truncated, empty or undecodable files raise `BadRecord`.
 
+Camera files: the picture a viewer shows, not the stored pixel grid. The EXIF Orientation tag
+(values 2-8: a phone photo stored sideways or mirrored) is applied (`ImageOps.exif_transpose`),
+and an embedded ICC colour profile other than sRGB (Display P3, Adobe RGB, a CMYK press
+profile) is converted to sRGB (`ImageCms`, perceptual intent), the space open_clip's and this
+project's models were trained in; a profile that cannot be read is ignored (pixels as stored).
+
 Captions: bytes must be valid UTF-8; whitespace is squeezed, control characters dropped, text
 cut at `max_chars` on a word boundary; an empty caption raises `BadRecord`.
 
@@ -20,7 +26,7 @@ import warnings
 from typing import Dict, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageCms, ImageOps
 import regex
 
 # A 48-megapixel photo is fine; PIL refuses beyond twice this as a decompression bomb.
@@ -82,6 +88,41 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB") if image.mode != "RGB" else image
 
 
+_SRGB = ImageCms.createProfile("sRGB")
+# Colour-managed modes; others (palette, 16-bit, float) keep their values.
+_CMS_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+
+
+def icc_profile_name(image: Image.Image) -> Optional[str]:
+  """The description of an embedded ICC profile other than sRGB, else None."""
+  icc = image.info.get("icc_profile")
+  if not icc:
+    return None
+  try:
+    name = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip()
+  except (OSError, ImageCms.PyCMSError):
+    return None  # unreadable: ignored
+  return None if "srgb" in name.lower().replace(" ", "") else name or "unnamed profile"
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+  """Pixels in an embedded non-sRGB ICC profile -> sRGB (perceptual rendering intent)."""
+  if image.mode not in _CMS_MODES or not icc_profile_name(image):
+    return image
+  try:
+    source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+    return ImageCms.profileToProfile(image, source, _SRGB, outputMode=_CMS_MODES[image.mode])
+  except (OSError, ValueError, ImageCms.PyCMSError):
+    return image  # a profile that does not fit these pixels: pixels as stored
+
+
+def is_upright_srgb(image: Image.Image) -> bool:
+  """No EXIF orientation to apply and no colour profile to convert: the stored pixels are the
+  picture (so encoded bytes may be kept as they are)."""
+  return image.getexif().get(ExifTags.Base.Orientation, 1) == 1 and (
+      icc_profile_name(image) is None)
+
+
 def open_image(data, min_size: Optional[int] = None) -> Image.Image:
   """An 8-bit RGB PIL image from encoded bytes (or a uint8 array, checked and converted).
 
@@ -102,7 +143,7 @@ def open_image(data, min_size: Optional[int] = None) -> Image.Image:
         image.draft("RGB", (max(1, int(w * scale) + 1), max(1, int(h * scale) + 1)))
       image.seek(0)  # first frame of an animation
       image.load()
-      image = _to_rgb(image)
+      image = _to_rgb(_to_srgb(ImageOps.exif_transpose(image)))
   except Image.DecompressionBombError as e:
     raise BadRecord("image_too_large", str(e)) from e
   except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
