@@ -33,6 +33,8 @@ flags.DEFINE_string("retrieval_dataset", None, "Dataset for retrieval (default: 
 flags.DEFINE_string("captioning_dataset", None, "Dataset for captioning (default: --dataset).")
 flags.DEFINE_string("text_key", None, "Caption feature of the retrieval/captioning datasets.")
 flags.DEFINE_string("label_key", None, "Label feature of the zero-shot dataset.")
+flags.DEFINE_string("class_names", None, "Image folders' class names: imagenet, or a file "
+                    "(one per line, or JSON {folder: name}); default: found from the folders.")
 flags.DEFINE_string("templates", None, "Zero-shot templates: imagenet, clip, photo, coca_shapes.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.data.data_dir).")
 flags.DEFINE_string("manual_dir", None, "Prepare the TFDS datasets from this manual dir first.")
@@ -70,6 +72,7 @@ def configure(config, f):
     ev.datasets = datasets
     ev.num_caption_examples = f.num_captions
     for field, value in (("text_key", f.text_key), ("label_key", f.label_key),
+                         ("class_names", f.class_names),
                          ("zeroshot_templates", f.templates), ("batch_size", f.batch_size)):
       if value is not None:
         ev[field] = value

@@ -31,6 +31,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh)
                                 lock_config=False)
 flags.DEFINE_string("checkpoint", None, "Workdir, checkpoint step, export or converted model.")
 flags.DEFINE_string("dataset", "", "NAME[:SPLIT], folder:PATH[:SPLIT], or '' (data.eval).")
+flags.DEFINE_string("class_names", None, "Image folders' class names: imagenet, or a file "
+                    "(one per line, or JSON {folder: name}); default: found from the folders.")
 flags.DEFINE_list("outputs", ["image_embeddings"], f"Any of {OUTPUTS}.")
 flags.DEFINE_string("texts", None, "Embed the lines of this file instead of the captions.")
 flags.DEFINE_string("text_key", None, "Caption feature of the dataset.")
@@ -205,6 +207,8 @@ def main(argv):
       config.data.data_dir = f.data_dir
     if f.max_len:
       config.evals.max_caption_length = f.max_len
+    if f.class_names is not None:
+      config.evals.class_names = f.class_names
   dataset = f.dataset
   if f.text_key:
     from coca_jax.evals import common  # pylint: disable=import-outside-toplevel

@@ -75,3 +75,21 @@ def test_infer_command_line(tmp_path, saved):
   assert manifest["files"]["captions.jsonl"] == 21
   assert len((tmp_path / "out" / "captions.jsonl").read_text().splitlines()) == 21
   assert "infer: images: 21/21" in result.stdout
+
+
+def test_infer_on_numbered_folders_takes_the_class_names(tmp_path, saved):
+  """A folder read by inference names its classes as evaluation does (numbers in numeric
+  order, a names file from config.evals.class_names)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  directory, _, _ = saved
+  for folder in ("2", "10", "1"):
+    (tmp_path / "images" / folder).mkdir(parents=True)
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "images" / folder / "x.png")
+  (tmp_path / "names.txt").write_text("\n".join(f"thing {i}" for i in range(11)))
+  config = micro_config()
+  with config.unlocked():
+    config.evals.class_names = str(tmp_path / "names.txt")
+  infer(config, str(directory), str(tmp_path / "out"), f"folder:{tmp_path / 'images'}",
+        ("text_embeddings",), batch_size=8)
+  lines = [json.loads(x) for x in (tmp_path / "out" / "texts.jsonl").read_text().splitlines()]
+  assert [x["text"] for x in lines] == [f"a photo of a thing {i}." for i in (1, 2, 10)]

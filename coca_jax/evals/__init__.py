@@ -18,6 +18,8 @@ below):
   datasets.{zeroshot,retrieval,captions}   "" (config.data.eval), "NAME[:SPLIT]" (TFDS) or
                                  "folder:PATH[:SPLIT]" (a folder of images per class)
   text_key, label_key            caption / label feature of those datasets when not the default
+  class_names                    image folders' class names: "" (automatic), "imagenet", or a
+                                 names file (see coca_jax/evals/folder.py)
   zeroshot_templates             "" (ImageNet: CLIP's 80; coca_shapes: its own; else CLIP's
                                  short list), or "imagenet", "clip", "photo", "coca_shapes"
   text_batch_size                prompts / captions embedded per step
@@ -31,7 +33,7 @@ DEFAULTS = dict(zeroshot=False, val_loss=False, captions=False, retrieval=False,
                 generative_zeroshot=False, batch_size=256, num_caption_examples=256,
                 max_caption_length=0, caption_min_length=0, gallery=8,
                 datasets=dict(zeroshot="", retrieval="", captions=""), text_key="",
-                label_key="", zeroshot_templates="", text_batch_size=256,
+                label_key="", class_names="", zeroshot_templates="", text_batch_size=256,
                 retrieval_captions_per_image=0, retrieval_pictures=4,
                 generative_class_chunk=8)
 
@@ -130,7 +132,8 @@ def zero_shot_prompts(config, spec, source):
   labels = tuple(source.class_names or ())
   name = spec.get("name", "")
   if spec.get("format") == "folder":
-    names, templates = source.prompt_names(), sources.TEMPLATES["clip"]
+    names = source.prompt_names()
+    templates = imagenet.templates() if source.imagenet else sources.TEMPLATES["clip"]
   elif imagenet.is_imagenet(name, labels):
     names, templates = imagenet.class_names(), imagenet.templates()
   elif name.startswith("coca_shapes"):

@@ -46,18 +46,24 @@ def main_process() -> bool:
 
 def dataset_spec(config, dataset: Any = None) -> Any:
   """A dataset spec from a config value: "" / None -> `config.data.eval`; a dict -> as it is;
-  "name" or "name:split" -> a TFDS dataset; "folder:PATH[:split]" -> an image folder."""
+  "name" or "name:split" -> a TFDS dataset; "folder:PATH[:split]" -> an image folder, whose
+  class names follow `config.evals.class_names` unless the spec gives its own."""
   if dataset is None or dataset == "":
     dataset = resolve_data(config.data)["eval"]
   if hasattr(dataset, "to_dict"):
-    return dataset.to_dict()
-  if isinstance(dataset, dict):
-    return dict(dataset)  # a copy: callers add fields
-  name, _, split = str(dataset).partition(":")
-  if name == "folder":
+    spec = dataset.to_dict()
+  elif isinstance(dataset, dict):
+    spec = dict(dataset)  # a copy: callers add fields
+  else:
+    name, _, split = str(dataset).partition(":")
+    if name != "folder":
+      return {"name": name, "split": split or _default_split(name)}
     path, _, split = split.rpartition(":") if split.count(":") else (split, "", "")
-    return {"format": "folder", "path": path, "split": split or "all"}
-  return {"name": name, "split": split or _default_split(name)}
+    spec = {"format": "folder", "path": path, "split": split or "all"}
+  if spec.get("format") == "folder" and not spec.get("class_names"):
+    evals = config.get("evals") if hasattr(config, "get") else None
+    spec["class_names"] = (evals.get("class_names", "") if evals is not None else "") or ""
+  return spec
 
 
 def _default_split(name: str) -> str:

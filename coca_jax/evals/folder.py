@@ -3,12 +3,25 @@
   ROOT/<class name>/<image files>            (split "all")
   ROOT/<split>/<class name>/<image files>    (another split, e.g. "val")
 
-Classes are the sub-folder names in sorted order ("_" read as a space in prompts); images are
-read in place, in sorted order. Records have the shape the data pipeline's Source gives, so the
-pipeline's EvalIterator serves them (padding, mask, index, every example once).
+Classes are the sub-folders in sorted order, numerically when every name is a number (ImageNetV2's
+`0/ ... 999/`); images are read in place, in sorted order. Records have the shape the data
+pipeline's Source gives, so the pipeline's EvalIterator serves them (padding, mask, index, every
+example once).
+
+Class names for prompts (`class_names_for`), in this order:
+  * a class-names file (`class_names=PATH`): a JSON object {folder: name}, or text with one
+    name per line: line i names folder `i` when the folders are numbers, else the i-th folder;
+  * ImageNet-1k's names (CLIP's curated list): for numbered folders when they are 1,000
+    (0-999) or `class_names="imagenet"` is given, and for WordNet-id folders (`n01440764/`)
+    through the list the package ships;
+  * the folder names, "_" read as a space.
+Names that still look like ids (numbers, WordNet ids) are warned about, with their count.
 """
+import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import logging
 
 import grain
 import jax
@@ -16,21 +29,96 @@ import numpy as np
 
 from coca_jax.data import pipeline, shapes
 from coca_jax.data.config import resolve
+from coca_jax.evals import imagenet
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class FolderSource:
-  """Random access to ROOT[/split]/<class>/<image> as records."""
+def sort_classes(folders: Sequence[str]) -> List[str]:
+  """Sorted folder names; numerically when all are numbers ("2" before "10")."""
+  if folders and all(f.isdigit() for f in folders):
+    return sorted(folders, key=lambda f: (int(f), f))
+  return sorted(folders)
 
-  def __init__(self, root: str, split: str = "all", template: str = "a photo of a {}."):
+
+def _names_file(path: str, folders: Sequence[str]) -> List[str]:
+  with open(path, encoding="utf-8-sig") as f:
+    text = f.read()
+  if text.lstrip().startswith("{"):
+    mapping = json.loads(text)
+    missing = [d for d in folders if d not in mapping]
+    if missing:
+      raise ValueError(f"class names file {path}: no name for {len(missing)} folder(s), e.g. "
+                       f"{missing[:5]}")
+    return [str(mapping[d]) for d in folders]
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if all(d.isdigit() for d in folders):
+    too_big = [d for d in folders if int(d) >= len(lines)]
+    if too_big:
+      raise ValueError(f"class names file {path}: {len(lines)} names, but folders go up to "
+                       f"{max(int(d) for d in too_big)} (line i names folder i)")
+    return [lines[int(d)] for d in folders]
+  if len(lines) != len(folders):
+    raise ValueError(f"class names file {path}: {len(lines)} names for {len(folders)} class "
+                     "folders (one name per line, in the folders' sorted order; or a JSON "
+                     "object {folder: name})")
+  return lines
+
+
+def class_names_for(folders: Sequence[str], class_names: str = "") -> Tuple[List[str], bool]:
+  """Readable class names of sorted class folders -> (names, whether they are ImageNet's).
+
+  Args:
+    folders: sub-folder names, in label order (`sort_classes`).
+    class_names: "" (automatic), "imagenet" (numbered or WordNet-id folders are ImageNet-1k
+      classes), or the path of a class-names file (see the module docstring).
+  Raises:
+    ValueError: a names file that does not cover the folders; "imagenet" for folders that are
+      neither class indices 0-999 nor ImageNet WordNet ids.
+  """
+  digits = all(d.isdigit() for d in folders)
+  wnid_index = {w: i for i, w in enumerate(imagenet.wnids())}
+  as_imagenet = class_names == "imagenet" or (
+      not class_names and ((digits and len(folders) == imagenet.NUM_CLASSES)
+                           or all(d in wnid_index for d in folders)))
+  if class_names and class_names != "imagenet":
+    names, is_imagenet = _names_file(class_names, folders), False
+  elif as_imagenet:
+    if digits and all(int(d) < imagenet.NUM_CLASSES for d in folders):
+      indices = [int(d) for d in folders]
+    elif all(d in wnid_index for d in folders):
+      indices = [wnid_index[d] for d in folders]
+    else:
+      raise ValueError(f"class_names='imagenet': folders must be ImageNet class indices 0-999 "
+                       f"or WordNet ids, not e.g. {list(folders)[:5]}")
+    names, is_imagenet = [imagenet.class_names()[i] for i in indices], True
+  else:
+    names, is_imagenet = [d.replace("_", " ") for d in folders], False
+  ids = [n for n in names if n.isdigit() or imagenet.is_wnid(n)]
+  if ids:
+    logging.warning("%d of %d class names look like ids, not words: prompts will read 'a photo "
+                    "of a %s.'; give a class-names file (evals.class_names=PATH, or "
+                    "--class_names)", len(ids), len(names), ids[0])
+  return names, is_imagenet
+
+
+class FolderSource:
+  """Random access to ROOT[/split]/<class>/<image> as records.
+
+  Attributes: `class_names` (folder names, label order), `prompt_names()` (what prompts say),
+  `imagenet` (the classes are ImageNet-1k's, so its 80 templates fit).
+  """
+
+  def __init__(self, root: str, split: str = "all", template: str = "a photo of a {}.",
+               class_names: str = ""):
     base = os.path.join(root, split) if split not in ("", "all") else root
     if not os.path.isdir(base):
       raise FileNotFoundError(f"image folder {base!r} does not exist")
-    classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+    classes = sort_classes([d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))])
     if not classes:
       raise ValueError(f"{base}: no class sub-folders")
     self.class_names = tuple(classes)
+    self._prompt_names, self.imagenet = class_names_for(classes, class_names)
     self.files: List[str] = []
     self.labels: List[int] = []
     for label, name in enumerate(classes):
@@ -53,7 +141,7 @@ class FolderSource:
             "scene": np.full(shapes.SCENE_LEN, -1, np.int32)}
 
   def prompt_names(self) -> Sequence[str]:
-    return tuple(n.replace("_", " ") for n in self.class_names)
+    return tuple(self._prompt_names)
 
 
 def build_eval_iterator(data_config, spec: Dict, global_batch_size: int, tokenizer,
@@ -62,7 +150,8 @@ def build_eval_iterator(data_config, spec: Dict, global_batch_size: int, tokeniz
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   cfg = resolve(data_config)
-  source = FolderSource(spec["path"], spec.get("split", "all"))
+  source = FolderSource(spec["path"], spec.get("split", "all"),
+                        class_names=spec.get("class_names", ""))
   make = pipeline.ExampleMaker.from_config(cfg, tokenizer, train=False)
   read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
   return pipeline.EvalIterator(source, make, global_batch_size, process_index, process_count,

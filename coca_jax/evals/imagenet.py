@@ -1,5 +1,7 @@
 """ImageNet-1k zero-shot prompts: CLIP's curated class names (readable, e.g. "tench",
-"goldfish", in the order of TFDS's sorted WordNet ids) and CLIP's 80 prompt templates.
+"goldfish", in the order of TFDS's sorted WordNet ids) and CLIP's 80 prompt templates; the
+WordNet ids themselves (`imagenet_wnids.txt`, TFDS's `imagenet2012/labels.txt`), which name the
+class folders of ImageNet's train and validation archives.
 
 Both lists are those of CLIP's ImageNet prompt-engineering notebook (the same lists open_clip
 ships as `IMAGENET_CLASSNAMES` / `OPENAI_IMAGENET_TEMPLATES`; a test checks them against it).
@@ -26,6 +28,16 @@ def _lines(name: str) -> Tuple[str, ...]:
 @functools.cache
 def class_names() -> Tuple[str, ...]:
   return _lines("imagenet_classes.txt")
+
+
+@functools.cache
+def wnids() -> Tuple[str, ...]:
+  """ImageNet-1k's WordNet ids in class-index order (sorted; TFDS's imagenet2012 labels)."""
+  return _lines("imagenet_wnids.txt")
+
+
+def is_wnid(name: str) -> bool:
+  return bool(_WNID.match(name))
 
 
 @functools.cache
