@@ -25,10 +25,13 @@ The rules follow open_clip 3.3.0's `CoCa.generate`, so its captions can be repro
 """
 import dataclasses
 import functools
+import math
+import numbers
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from coca_jax.model.coca import CoCa, empty_decode_cache
 from coca_jax.model.config import ModelConfig, from_dict
@@ -41,22 +44,30 @@ INITIAL_BEAM_SCORE = -1e9
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-  """How to generate; hashable, so each setting compiles once."""
+  """How to generate; hashable, so each setting compiles once. `resolve` checks every field
+  (type and range, named in the error) and the fields that only one strategy reads.
+
+  Limits, each tested: `temperature` -> 0 gives the most likely kept token (greedy), a huge
+  one a uniform choice among the kept tokens (any finite value > 0 is safe: no overflow);
+  `top_k` 1 is greedy, `top_k` >= the vocabulary keeps every token (as 0); `top_p` -> 0 keeps
+  the most likely token only, 1 keeps all; `num_beams` 1 is greedy, a beam wider than the
+  vocabulary searches exhaustively; `max_len` 2 is [start, end] with `force_end`.
+  """
   strategy: str = "greedy"  # greedy | beam | sample
-  max_len: int = 30  # tokens, start and end included (open_clip: seq_len)
+  max_len: int = 30  # tokens, start and end included (open_clip: seq_len); 2..context + 1
   min_len: int = 5  # no end token while fewer tokens, start included (open_clip: min_seq_len)
   start_id: Optional[int] = None  # required
   end_id: Optional[int] = None  # default: the model's text.eos_id
   pad_id: Optional[int] = None  # default: the model's text.pad_id
   stop_on_pad: bool = True  # greedy / sample: a generated pad id ends the caption
   force_end: bool = True  # the end token at index max_len - 1
-  num_beams: int = 6
-  length_penalty: float = 1.0
+  num_beams: int = 6  # beam: >= 1 (read by beam search only)
+  length_penalty: float = 1.0  # beam: any finite value
   beam_score: str = "log_prob"  # log_prob (Hugging Face) | logit (open_clip 3.3.0)
-  early_stopping: Union[bool, str] = False  # Hugging Face's: False (heuristic), True, "never"
+  early_stopping: Union[bool, str] = False  # beam, Hugging Face's: False (heuristic), True, "never"
   top_k: int = 0  # sample: keep the k most likely tokens (0: all)
-  top_p: float = 1.0  # sample: keep the smallest set holding this much probability
-  temperature: float = 1.0  # sample
+  top_p: float = 1.0  # sample: keep the smallest set holding this much probability, (0, 1]
+  temperature: float = 1.0  # sample: (0, inf)
 
   @classmethod
   def for_tokenizer(cls, tokenizer, **kwargs) -> "GenerationConfig":
@@ -80,7 +91,11 @@ def resolve(config: GenerationConfig, model_config) -> GenerationConfig:
   config = dataclasses.replace(
       config, end_id=t.eos_id if config.end_id is None else config.end_id,
       pad_id=t.pad_id if config.pad_id is None else config.pad_id)
-  problems = []
+  problems = _type_problems(config)
+  if problems:
+    raise ValueError("generation config: " + "; ".join(problems))
+  config = dataclasses.replace(config, **{f.name: _plain(getattr(config, f.name))
+                                          for f in dataclasses.fields(config)})
   for name in ("start_id", "end_id", "pad_id"):
     value = getattr(config, name)
     if value is None or not 0 <= value < t.vocab_size:
@@ -94,16 +109,56 @@ def resolve(config: GenerationConfig, model_config) -> GenerationConfig:
     problems.append(f"min_len={config.min_len} outside 0..max_len-1")
   if config.num_beams < 1:
     problems.append(f"num_beams={config.num_beams} < 1")
+  if not math.isfinite(config.length_penalty):
+    problems.append(f"length_penalty={config.length_penalty}: must be finite")
   if config.beam_score not in BEAM_SCORES:
     problems.append(f"beam_score={config.beam_score!r} not in {BEAM_SCORES}")
   if config.early_stopping not in (True, False, "never"):
     problems.append(f"early_stopping={config.early_stopping!r} not in (True, False, 'never')")
-  if config.top_k < 0 or not 0 < config.top_p <= 1 or not config.temperature > 0:
-    problems.append(f"top_k={config.top_k}, top_p={config.top_p}, temperature="
-                    f"{config.temperature}: need top_k >= 0, 0 < top_p <= 1, temperature > 0")
+  if config.top_k < 0:
+    problems.append(f"top_k={config.top_k}: need top_k >= 0 (0: all tokens)")
+  if not 0 < config.top_p <= 1:
+    problems.append(f"top_p={config.top_p}: need 0 < top_p <= 1")
+  if not 0 < config.temperature < math.inf:
+    problems.append(f"temperature={config.temperature}: need 0 < temperature < inf")
+  # Settings that only one strategy reads would otherwise be silently ignored.
+  for name, strategy in (("top_k", "sample"), ("top_p", "sample"), ("temperature", "sample"),
+                         ("length_penalty", "beam"), ("early_stopping", "beam")):
+    default = GenerationConfig.__dataclass_fields__[name].default
+    if getattr(config, name) != default and config.strategy != strategy:
+      problems.append(f"{name}={getattr(config, name)!r} is read by strategy={strategy!r} "
+                      f"only, not {config.strategy!r} (leave it at {default!r})")
   if problems:
     raise ValueError("generation config: " + "; ".join(problems))
   return config
+
+
+_INT_FIELDS = ("max_len", "min_len", "start_id", "end_id", "pad_id", "num_beams", "top_k")
+_REAL_FIELDS = ("length_penalty", "top_p", "temperature")
+
+
+def _type_problems(config: GenerationConfig):
+  """Fields of the wrong type (a string "False" would read as true, 2.5 beams as a crash)."""
+  problems = []
+  for name in _INT_FIELDS:
+    value = getattr(config, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+      problems.append(f"{name}={value!r}: an integer")
+  for name in _REAL_FIELDS:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      problems.append(f"{name}={value!r}: a real number")
+  for name in ("stop_on_pad", "force_end"):
+    if not isinstance(getattr(config, name), (bool, np.bool_)):
+      problems.append(f"{name}={getattr(config, name)!r}: True or False")
+  if not (isinstance(config.early_stopping, (bool, np.bool_)) or config.early_stopping == "never"):
+    problems.append(f"early_stopping={config.early_stopping!r}: True, False or 'never'")
+  return problems
+
+
+def _plain(value):
+  """NumPy scalars -> Python ones (one compiled program per setting, whatever the type)."""
+  return value.item() if isinstance(value, np.generic) else value
 
 
 def generate(model, params, images, config: GenerationConfig, rng=None) -> Captions:
@@ -174,7 +229,9 @@ def _mask_end(config, scores, cur_len):
 
 
 def filter_top_k(logits, k: int):
-  """-inf below the k-th largest logit (ties with it are kept)."""
+  """-inf below the k-th largest logit (ties with it are kept); k >= the vocabulary keeps all."""
+  if k >= logits.shape[-1]:
+    return logits
   kth = jax.lax.top_k(logits, k)[0][..., -1:]
   return jnp.where(logits < kth, -jnp.inf, logits)
 
@@ -190,6 +247,26 @@ def filter_top_p(logits, p: float):
   return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
+def tempered(scores, temperature: float):
+  """scores / temperature, shifted so that the largest is 0: the same distribution, but neither
+  a tiny temperature (down to float32's underflow to 0) nor a huge one (up to its overflow to
+  inf) can make inf - inf: the limits are the largest score alone (greedy; ties share) and a
+  uniform choice among the finite scores."""
+  top = jnp.max(scores, axis=-1, keepdims=True)
+  z = jnp.where(scores >= top, 0.0, (scores - top) / temperature)
+  return jnp.where(jnp.isneginf(scores), -jnp.inf, z)
+
+
+def sampling_scores(config: GenerationConfig, logits):
+  """The scores (..., vocab) that sampling draws from: top-k, then top-p on the untempered
+  logits (open_clip's order), then the temperature on what they keep."""
+  if config.top_k:
+    logits = filter_top_k(logits, config.top_k)
+  if config.top_p < 1:
+    logits = filter_top_p(logits, config.top_p)
+  return tempered(logits, config.temperature)
+
+
 def _sample(config, step, tokens, logits, cache, rng):
   """Greedy or sampled captions, one row per image."""
   b = tokens.shape[0]
@@ -199,12 +276,8 @@ def _sample(config, step, tokens, logits, cache, rng):
     if config.strategy == "greedy":
       token = jnp.argmax(x, axis=-1).astype(jnp.int32)
     else:
-      if config.top_k:
-        x = filter_top_k(x, config.top_k)
-      if config.top_p < 1:
-        x = filter_top_p(x, config.top_p)
       key = jax.random.fold_in(rng, cur_len)
-      token = jax.random.categorical(key, x / config.temperature, axis=-1).astype(jnp.int32)
+      token = jax.random.categorical(key, sampling_scores(config, x), axis=-1).astype(jnp.int32)
     token = jnp.where(done, config.pad_id, token)
     log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
     scores = scores + jnp.where(done, 0.0, log_prob)

@@ -7,6 +7,7 @@ end (or hit the pad id) at various lengths.
 import collections
 import functools
 import itertools
+import re
 
 import flax.linen as nn
 import jax
@@ -293,6 +294,112 @@ def test_config_errors():
                         MICRO).end_id == EOS
   with pytest.raises(ValueError, match="needs rng"):
     decode.generate(MICRO, {}, None, greedy_config(strategy="sample"))
+
+
+# --- settings at their extremes ------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [1e-6, 1e-30, 1e-300, 5e-324])
+def test_temperature_to_zero_is_greedy(paper, temperature):
+  """Down to float32's underflow (1e-300 and the smallest double become 0.0 there)."""
+  model, variables, images = paper
+  greedy = decode.generate(model, variables, images, greedy_config())
+  cold = decode.generate(model, variables, images,
+                         greedy_config(strategy="sample", temperature=temperature),
+                         rng=jax.random.key(11))
+  np.testing.assert_array_equal(cold.tokens, greedy.tokens)
+
+
+def test_sampling_scores_at_the_limits():
+  logits = jnp.array([[2.0, -1.0, 0.5, -jnp.inf, 3.0]])
+  probs = lambda **kw: np.asarray(jax.nn.softmax(decode.sampling_scores(
+      decode.GenerationConfig(strategy="sample", **kw), logits)))[0]
+  np.testing.assert_allclose(probs(temperature=1.0), jax.nn.softmax(logits)[0], rtol=1e-6)
+  for cold in (1e-3, 1e-40, 1e-300):
+    np.testing.assert_array_equal(probs(temperature=cold), [0, 0, 0, 0, 1])
+  for hot in (1e30, 1e38, 1e300):  # 1e300 overflows float32 to inf
+    np.testing.assert_allclose(probs(temperature=hot), [0.25, 0.25, 0.25, 0, 0.25], rtol=1e-6)
+  np.testing.assert_allclose(probs(temperature=1e300, top_k=2), [0.5, 0, 0, 0, 0.5], rtol=1e-6)
+  for p in (1e-12, 1e-300):
+    np.testing.assert_array_equal(probs(top_p=p), [0, 0, 0, 0, 1])
+  np.testing.assert_array_equal(probs(top_k=5), probs())
+  np.testing.assert_array_equal(probs(top_k=1000), probs())
+  tied = jnp.array([[1.0, 1.0, 0.0]])
+  np.testing.assert_allclose(jax.nn.softmax(decode.sampling_scores(decode.GenerationConfig(
+      strategy="sample", temperature=1e-30), tied))[0], [0.5, 0.5, 0])  # ties share
+
+
+def test_wide_top_k_and_full_top_p_keep_every_token(paper):
+  model, variables, images = paper
+  vocab = model.cfg.text.vocab_size
+  run = lambda **kw: decode.generate(model, variables, images, greedy_config(
+      strategy="sample", temperature=1.3, **kw), rng=jax.random.key(4)).tokens
+  plain = run()
+  for settings in (dict(top_k=vocab), dict(top_k=vocab + 7), dict(top_p=1.0)):
+    np.testing.assert_array_equal(run(**settings), plain)
+  np.testing.assert_array_equal(
+      run(top_p=1e-9), decode.generate(model, variables, images, greedy_config()).tokens)
+
+
+@pytest.mark.parametrize("strategy", decode.STRATEGIES)
+def test_shortest_caption_limits(paper, strategy):
+  """max_len 2 is [start, end]; min_len max_len - 1 puts the end token last."""
+  model, variables, images = paper
+  rng = jax.random.key(2)
+  out = decode.generate(model, variables, images,
+                        greedy_config(strategy=strategy, max_len=2, min_len=0), rng=rng)
+  np.testing.assert_array_equal(out.tokens, np.tile([BOS, EOS], (len(images), 1)))
+  out = np.asarray(decode.generate(
+      model, variables, images, greedy_config(strategy=strategy, min_len=MAX_LEN - 1,
+                                               stop_on_pad=False), rng=rng).tokens)
+  assert (out[:, -1] == EOS).all() and not (out[:, 1:-1] == EOS).any(), out
+
+
+REFUSED = [
+    (dict(strategy="topk"), "strategy='topk' not in"),
+    (dict(max_len=1), "max_len=1 outside 2..13"),
+    (dict(max_len=9.0), "max_len=9.0: an integer"),
+    (dict(min_len=-1), "min_len=-1 outside 0..max_len-1"),
+    (dict(end_id=10_000), "end_id=10000 is not a token id"),
+    (dict(pad_id=True), "pad_id=True: an integer"),
+    (dict(stop_on_pad="False"), "stop_on_pad='False': True or False"),
+    (dict(force_end=0), "force_end=0: True or False"),
+    (dict(strategy="beam", num_beams=0), "num_beams=0 < 1"),
+    (dict(strategy="beam", num_beams=2.5), "num_beams=2.5: an integer"),
+    (dict(strategy="beam", length_penalty=float("nan")), "length_penalty=nan: must be finite"),
+    (dict(strategy="beam", length_penalty=float("inf")), "length_penalty=inf: must be finite"),
+    (dict(strategy="beam", beam_score="prob"), "beam_score='prob' not in"),
+    (dict(strategy="beam", early_stopping=1), "early_stopping=1: True, False or 'never'"),
+    (dict(strategy="beam", early_stopping="always"), "early_stopping='always'"),
+    (dict(strategy="sample", top_k=-1), "top_k=-1: need top_k >= 0"),
+    (dict(strategy="sample", top_k=2.5), "top_k=2.5: an integer"),
+    (dict(strategy="sample", top_p=0.0), "top_p=0.0: need 0 < top_p <= 1"),
+    (dict(strategy="sample", top_p=1.5), "top_p=1.5: need 0 < top_p <= 1"),
+    (dict(strategy="sample", top_p=float("nan")), "top_p=nan: need 0 < top_p <= 1"),
+    (dict(strategy="sample", temperature=0.0), "temperature=0.0: need 0 < temperature < inf"),
+    (dict(strategy="sample", temperature=-1.0), "temperature=-1.0: need 0 < temperature"),
+    (dict(strategy="sample", temperature=float("inf")), "temperature=inf: need 0 <"),
+    (dict(strategy="sample", temperature=float("nan")), "temperature=nan: need 0 <"),
+    (dict(strategy="sample", temperature="0.7"), "temperature='0.7': a real number"),
+    (dict(strategy="greedy", temperature=0.7), "temperature=0.7 is read by strategy='sample'"),
+    (dict(strategy="beam", top_k=5), "top_k=5 is read by strategy='sample' only, not 'beam'"),
+    (dict(strategy="greedy", top_p=0.9), "top_p=0.9 is read by strategy='sample'"),
+    (dict(strategy="sample", length_penalty=2.0), "length_penalty=2.0 is read by strategy='beam'"),
+    (dict(strategy="greedy", early_stopping=True), "early_stopping=True is read by"),
+]
+
+
+@pytest.mark.parametrize("settings,message", REFUSED, ids=[m for _, m in REFUSED])
+def test_settings_outside_their_range_are_refused_by_name(settings, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    decode.resolve(greedy_config(**settings), MICRO)
+
+
+def test_numpy_settings_resolve_to_python_values():
+  cfg = decode.resolve(greedy_config(strategy="sample", top_k=np.int64(3),
+                                     temperature=np.float32(0.5), force_end=np.bool_(True)),
+                       MICRO)
+  assert type(cfg.top_k) is int and type(cfg.temperature) is float
+  assert cfg.force_end is True
 
 
 # --- open_clip's generate on a converted model --------------------------------------------
