@@ -146,7 +146,7 @@ def test_preparation_filters_and_counts(tmp_path):
   assert it.counts.total() == 0
   for b in batches:
     assert np.isfinite(b["images"]).all() and (b["text"][:, 0] == tok.bos_id).all()
-  assert data.prepare(cfg) == {"image_text_files/messy_train/1.0.0": {"train": report}}
+  assert data.prepare(cfg) == {"image_text_files/messy_train/1.1.0": {"train": report}}
 
 
 @pytest.fixture

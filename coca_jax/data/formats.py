@@ -4,7 +4,8 @@ Formats (`format` in a dataset spec):
   csv, tsv     open_clip's layout: an image-path column and a caption column (names and
                separator configurable); relative paths are relative to the file's directory.
   jsonl        one JSON object per line, {"image": path, "caption": text} (keys configurable).
-  webdataset   img2dataset's .tar shards: NNN.jpg (or .png, .webp, ...) + NNN.txt (+ NNN.json).
+  webdataset   img2dataset's .tar shards: NNN.jpg (or .png, .webp, ...) + NNN.txt (+ NNN.json),
+               grouped by webdataset's rule (`sample_key`: "dir/NNN.jpg" -> key "dir/NNN").
   tfrecord     img2dataset's TFRecord shards: tf.train.Example with "jpg" and "txt" features.
 
 A raw record is `{"key": str, "image": bytes, "caption": str | bytes}`; an unreadable one is
@@ -112,9 +113,28 @@ def _read_table(path: epath.Path, fmt, image_key, text_key, separator,
              **_load(path.parent, row[image_key], load_images)}
 
 
+def sample_key(member_name: str):
+  """webdataset's grouping rule: (key, extension) of a tar member, the key being the member
+  path up to the first dot of its last component, directory included ("setA/0001.jpg" ->
+  ("setA/0001", "jpg")); (None, None) for a name without a dot, which webdataset skips."""
+  directory, _, name = member_name.rpartition("/")
+  base, dot, ext = name.partition(".")
+  if not dot or not base:
+    return None, None
+  return (f"{directory}/{base}" if directory else base), ext.lower()
+
+
 def _read_tar(path: epath.Path, image_key: str, text_key: str) -> Iterator[Dict]:
-  """Groups consecutive members by key (the name up to its first dot), as webdataset does."""
-  def finish(key, parts):
+  """Groups consecutive members into samples by `sample_key`, as webdataset does.
+
+  A sample holding one part twice (`x.jpg` twice) is a bad record (`record_duplicate_part`),
+  never an overwrite. A key that comes back after other samples means the shard's members are
+  not grouped (all images, then all captions): one `shard_unordered` record names the shard and
+  the key, and the rest of the shard is not read.
+  """
+  def finish(key, parts, duplicate):
+    if duplicate:
+      return {"key": key, "error": "record_duplicate_part", "detail": f"{path.name}: {key}"}
     image = parts.get(image_key) or next(
         (parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
     caption = parts.get(text_key)
@@ -127,26 +147,33 @@ def _read_tar(path: epath.Path, image_key: str, text_key: str) -> Iterator[Dict]
       return {"key": key, "error": "record_incomplete"}
     return {"key": key, "image": image, "caption": caption}
 
-  key, parts = None, {}
+  key, parts, duplicate, seen = None, {}, False, set()
   with path.open("rb") as f:
     try:
       with tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
           if not member.isfile():
             continue
-          name = member.name.rsplit("/", 1)[-1]
-          base, _, ext = name.partition(".")
-          if base != key and key is not None:
-            yield finish(key, parts)
-            parts = {}
-          key = base
-          parts[ext.lower()] = tar.extractfile(member).read()
+          member_key, ext = sample_key(member.name)
+          if member_key is None:
+            continue
+          if member_key != key:
+            if key is not None:
+              yield finish(key, parts, duplicate)
+            if member_key in seen:
+              yield {"key": member_key, "error": "shard_unordered",
+                     "detail": f"{path}: key {member_key!r} came back after other samples"}
+              return
+            seen.add(member_key)
+            key, parts, duplicate = member_key, {}, False
+          duplicate |= ext in parts
+          parts[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError):
       if key is not None:
         yield {"key": key, "error": "shard_truncated"}
       key = None
   if key is not None:
-    yield finish(key, parts)
+    yield finish(key, parts, duplicate)
 
 
 def _read_tfrecord(path: epath.Path, image_key: str, text_key: str) -> Iterator[Dict]:

@@ -7,7 +7,7 @@ shorter side brought down to `max_side`, re-encoded as JPEG unless already a sma
 captions cleaned; EXIF rotations and colour profiles applied, see `records`), drops the rest and counts them by reason. The counts are logged at the end,
 stored in the dataset's metadata (`builder.info.metadata["bad_records"]`, by split) and returned by
 `bad_record_report(builder)`. The result is ArrayRecord under
-`data_dir/image_text_files/<name>/1.0.0`, readable by `tfds.builder_from_directory` without this
+`data_dir/image_text_files/<name>/<version>`, readable by `tfds.builder_from_directory` without this
 code. `python -m coca_jax.data.convert` does the same from the command line.
 """
 import dataclasses
@@ -16,6 +16,7 @@ import json
 from typing import Dict, Optional
 
 from absl import logging
+from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -63,8 +64,11 @@ def _plain_rgb(jpeg: bytes) -> bool:
 
 class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
   """Image-caption pairs from local or remote files (csv, tsv, jsonl, webdataset, tfrecord)."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "webdataset samples keyed by webdataset's rule (directory included): "
+                            "1.0.0 merged or overwrote samples whose file names repeat across "
+                            "folders."}
   BUILDER_CONFIG_CLS = FilesConfig
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -89,6 +93,11 @@ class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
     for shard, file in enumerate(formats.expand_paths(path, cfg.format)):
       for raw in formats.read_file(file, cfg.format, image_key=cfg.image_key,
                                    text_key=cfg.text_key, separator=cfg.separator):
+        if raw.get("error") == "shard_unordered":
+          raise ValueError(
+              f"{raw['detail']}: the shard's members are not grouped by sample (webdataset "
+              "reads a sample's files one after another). Re-create it with its members "
+              "sorted by name, e.g. `tar --sort=name -cf shard.tar -C DIR .`")
         try:
           example = encode_record(raw, cfg.max_side, cfg.max_caption_chars)
         except records.BadRecord as e:
@@ -97,6 +106,9 @@ class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
         kept += 1
         yield f"{shard}:{raw['key']}", {**example, "key": raw["key"]}
     report = {"kept": kept, "dropped": counts.total(), **counts.as_dict()}
+    if not kept:
+      raise ValueError(f"{cfg.name}/{split}: every record of {path!r} was dropped: "
+                       f"{json.dumps(report)}")
     self.info.metadata.setdefault("bad_records", {})[split] = report
     logging.info("%s/%s: %s", cfg.name, split, json.dumps(report))
 
@@ -112,6 +124,13 @@ def prepare(spec, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
       max_caption_chars=spec.get("max_caption_chars", 1000))
   builder = ImageTextFiles(config=config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
+    older = [v.name for v in epath.Path(builder.data_dir).parent.glob("*")
+             if v.name != str(builder.version) and (v / "dataset_info.json").exists()]
+    if older:
+      logging.warning("%s: prepared before by version %s of this converter, which grouped "
+                      "records differently (%s); preparing version %s from the source files",
+                      config.name, ", ".join(sorted(older)),
+                      ImageTextFiles.RELEASE_NOTES[str(builder.version)], builder.version)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
     builder = ImageTextFiles(config=config, data_dir=data_dir, file_format="array_record")

@@ -289,7 +289,8 @@ def _index_examples(sources: List[Source], specs: List[DatasetSpec], seed: int, 
       except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
         bad.append(_reason(e))
         record = sources[i][int(rng.integers(len(sources[i])))]  # deterministic stand-in
-    raise RuntimeError(f"{MAX_REPLACEMENTS} bad records in a row in {specs[i].name}")
+    raise RuntimeError(f"{MAX_REPLACEMENTS} bad records in a row in {specs[i].name}: "
+                       + records.reason_counts(bad))
 
   return grain.MapDataset.range(sys.maxsize).map(example)
 

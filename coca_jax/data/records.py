@@ -70,6 +70,14 @@ class BadRecordCounts:
       return sum(self._counts.values())
 
 
+def reason_counts(reasons, details: Optional[Dict[str, str]] = None) -> str:
+  """"reason: n (first detail), ..." for an error message, most frequent first."""
+  counts = collections.Counter(reasons)
+  details = details or {}
+  return ", ".join(f"{r}: {n}" + (f" ({details[r]})" if r in details else "")
+                   for r, n in counts.most_common())
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
   """8-bit RGB from any PIL mode; transparency is composited over white."""
   if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):

@@ -10,6 +10,7 @@ skipped. The state belongs to one process of one process count (see `StreamItera
 Datasets that allow random access can take part in a streamed mixture: `IndexReader` gives each
 process its strided share of their shuffled, repeated order.
 """
+import hashlib
 from typing import Callable, Dict, List, Sequence
 
 import grain
@@ -55,23 +56,27 @@ class ShardReader:
       if self._records is None:
         self._open()
       offset = self.done - self._block_start
-      if offset >= len(self._block):
+      # A resume at the very end of a shard whose length is not a multiple of the window
+      # lands past the last (short) block: read on until the block holding record `done`.
+      while offset >= len(self._block):
         self._block_start += len(self._block)
         try:
           self._block = [r for _, r in zip(range(self.window), self._records)]
         except (OSError, ValueError) as e:  # a missing or unreadable shard: skip the rest of it
           self.visits, self.done, self._records = self.visits + 1, 0, None
           return {"error": "shard_unreadable", "detail": str(e)}
+        if not self._block:
+          break
         order = np.random.default_rng(
             [self.seed, self.visits, self._block_start]).permutation(len(self._block))
         self._block = [self._block[i] for i in order]
         offset = self.done - self._block_start
-        if not self._block:  # shard finished: next visit
-          empty_visits = empty_visits + 1 if self.done == 0 else 0
-          if empty_visits > len(self.paths):
-            raise ValueError(f"{self.spec.name}: every shard at {self.spec.path!r} is empty")
-          self.visits, self.done, self._records = self.visits + 1, 0, None
-          continue
+      if not self._block:  # shard finished: next visit
+        empty_visits = empty_visits + 1 if self.done == 0 else 0
+        if empty_visits > len(self.paths):
+          raise ValueError(f"{self.spec.name}: every shard at {self.spec.path!r} is empty")
+        self.visits, self.done, self._records = self.visits + 1, 0, None
+        continue
       self.done += 1
       raw = self._block[offset]
       if "error" in raw:
@@ -79,10 +84,28 @@ class ShardReader:
       return {"image": raw["image"], "captions": [raw["caption"]], "label": -1,
               "scene": NO_SCENE}
 
+  def _pinned(self) -> Dict:
+    """What the order of records depends on besides the position."""
+    names = "\n".join(str(p) for p in self.paths)
+    return {"shards": len(self.paths),
+            "shards_sha1": hashlib.sha1(names.encode()).hexdigest()[:16],
+            "window": self.window}
+
   def get_state(self) -> Dict:
-    return {"visits": self.visits, "done": self.done}
+    return {"visits": self.visits, "done": self.done, **self._pinned()}
 
   def set_state(self, state: Dict):
+    """Raises ValueError when the shard list or the shuffle window differ from the saved run's
+    (the resumed order could not be the same); states saved without them are taken as they are.
+    """
+    pinned = self._pinned()
+    changed = [f"{k} {state[k]!r} -> {pinned[k]!r}" for k in pinned
+               if k in state and state[k] != pinned[k]]
+    if changed:
+      raise ValueError(
+          f"cannot resume dataset {self.spec.name!r} exactly: {', '.join(changed)} since the "
+          f"checkpoint (shards at {self.spec.path!r}; window = data.shuffle_window). Restore the "
+          "shards and settings the run started with, or start a new run in another workdir.")
     self.visits, self.done, self._records = int(state["visits"]), int(state["done"]), None
 
 
@@ -126,7 +149,7 @@ class StreamIterator(grain.DatasetIterator):
   def __next__(self) -> Dict:
     source = int(self.slots[self.slot])
     reader = self.readers[source]
-    bad = []
+    bad, details = [], {}
     for _ in range(self.max_failures):
       raw = reader.next()
       self.taken[source] += 1
@@ -138,16 +161,22 @@ class StreamIterator(grain.DatasetIterator):
         break
       except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
         bad.append(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
+        if raw.get("detail"):
+          details.setdefault(bad[-1], raw["detail"])
     else:
-      raise RuntimeError(f"{self.max_failures} bad records in a row from dataset {source}")
+      raise RuntimeError(f"{self.max_failures} bad records in a row from dataset {source}: "
+                         + records.reason_counts(bad, details))
     self.slot = (self.slot + 1) % len(self.slots)
     return example
 
   def get_state(self) -> Dict:
-    return {"slot": self.slot, "taken": list(self.taken),
+    return {"slot": self.slot, "taken": list(self.taken), "slots": self.slots.tolist(),
             "readers": [r.get_state() for r in self.readers]}
 
   def set_state(self, state: Dict):
+    if "slots" in state and list(state["slots"]) != self.slots.tolist():
+      raise ValueError("cannot resume the mixture exactly: its per-batch slots (from the "
+                       "datasets' weights and the batch size) differ from the checkpoint's")
     self.slot, self.taken = int(state["slot"]), [int(t) for t in state["taken"]]
     for reader, s in zip(self.readers, state["readers"]):
       reader.set_state(s)

@@ -31,7 +31,8 @@ from coca_jax.data import pipeline, shapes
 from coca_jax.data.config import resolve
 from coca_jax.evals import imagenet
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".avif", ".tif",
+              ".tiff")
 
 
 def sort_classes(folders: Sequence[str]) -> List[str]:
