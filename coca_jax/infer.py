@@ -177,8 +177,9 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
 def _texts(texts_file, it, common) -> "tuple[List[str], List[Optional[int]]]":
   """Lines of a file, or every caption of the split with its example index."""
   if texts_file:
-    with open(texts_file) as f:
-      lines = [line.rstrip("\n") for line in f if line.strip()]
+    from coca_jax.data import formats  # pylint: disable=import-outside-toplevel
+    with formats.open_text(texts_file) as f:  # UTF-8 / UTF-16 with a BOM, CRLF line ends
+      lines = [line.rstrip("\r\n") for line in f if line.strip()]
     return lines, [None] * len(lines)
   texts, owners = [], []
   for index in range(it.num_examples):

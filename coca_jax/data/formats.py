@@ -8,11 +8,15 @@ Formats (`format` in a dataset spec):
                grouped by webdataset's rule (`sample_key`: "dir/NNN.jpg" -> key "dir/NNN").
   tfrecord     img2dataset's TFRecord shards: tf.train.Example with "jpg" and "txt" features.
 
+Text files (csv, tsv, jsonl) may be UTF-8 with or without a byte-order mark, or UTF-16 /
+UTF-32 with one (`open_text`); CRLF line ends are fine.
+
 A raw record is `{"key": str, "image": bytes, "caption": str | bytes}`; an unreadable one is
 `{"key": str, "error": reason}` so that the caller can count it. Paths may be local or remote
 (gs://...): files are opened through etils.epath. `path` may be a file, a directory (every shard
 in it), a glob, or a brace range like "shards/{00000..00099}.tar".
 """
+import codecs
 import csv
 import io
 import json
@@ -71,6 +75,38 @@ def read_file(path: str, fmt: str, *, image_key: Optional[str] = None,
       yield record
 
 
+# Byte-order marks -> the codec that reads past them (Excel's "CSV UTF-8" writes UTF-8 with a
+# BOM, its "Unicode Text" UTF-16 LE with one).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def text_encoding(head: bytes, name: str = "file") -> str:
+  """The codec of a text file from its first bytes: UTF-8 (with or without a BOM), or UTF-16 /
+  UTF-32 with a BOM. Raises ValueError for NUL bytes without a BOM (UTF-16 or UTF-32 saved
+  without one), naming the encoding it looks like."""
+  for bom, codec in _BOMS:
+    if head.startswith(bom):
+      return codec
+  if b"\0" in head:
+    guess = "UTF-32" if b"\0\0\0" in head else "UTF-16"
+    raise ValueError(f"{name}: looks like {guess} without a byte-order mark; save it as UTF-8 "
+                     "(Excel: \"CSV UTF-8\"; or `iconv -f UTF-16LE -t UTF-8`)")
+  return "utf-8"
+
+
+def open_text(path) -> io.TextIOWrapper:
+  """A text file in whichever encoding `text_encoding` finds, universal newlines left to the
+  caller (newline=""); undecodable bytes survive as surrogates (UTF-8), so one bad line
+  spoils only itself."""
+  path = epath.Path(path)
+  with path.open("rb") as f:
+    codec = text_encoding(f.read(4096), str(path))
+  f = path.open("rb")
+  return io.TextIOWrapper(f, encoding=codec, errors="surrogateescape", newline="")
+
+
 def _load(base: epath.Path, name: str, load: bool = True) -> Dict:
   image_path = epath.Path(name) if epath.Path(name).is_absolute() or "://" in name \
       else base / name
@@ -85,8 +121,7 @@ def _load(base: epath.Path, name: str, load: bool = True) -> Dict:
 def _read_table(path: epath.Path, fmt, image_key, text_key, separator,
                 load_images) -> Iterator[Dict]:
   # Undecodable bytes survive as surrogates, so a bad caption spoils only its own row.
-  with path.open("rb") as f:
-    text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+  with open_text(path) as text:
     if fmt == "jsonl":
       for n, line in enumerate(text):
         if not line.strip():

@@ -27,7 +27,7 @@ import grain
 import jax
 import numpy as np
 
-from coca_jax.data import pipeline, shapes
+from coca_jax.data import formats, pipeline, shapes
 from coca_jax.data.config import resolve
 from coca_jax.evals import imagenet
 
@@ -43,7 +43,7 @@ def sort_classes(folders: Sequence[str]) -> List[str]:
 
 
 def _names_file(path: str, folders: Sequence[str]) -> List[str]:
-  with open(path, encoding="utf-8-sig") as f:
+  with formats.open_text(path) as f:
     text = f.read()
   if text.lstrip().startswith("{"):
     mapping = json.loads(text)
