@@ -10,10 +10,11 @@ Loading params needs neither TensorFlow nor Grain (they are imported only to sav
 training run's data iterator).
 """
 import json
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from absl import logging
 from etils import epath
+from flax import traverse_util
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -110,6 +111,48 @@ def adapt_params(params, source_config, target_config):
         np.asarray(visual["pos_embedding"]), tgt.vision.num_patches, tgt.vision.class_token)
     params["visual"] = visual
   return layer_stacking.stack_layers(params) if tgt.scan_layers else params
+
+
+# Position tables: how to make a checkpoint's fit when their lengths differ.
+_POSITION_HINTS = {
+    "text/pos_embedding": "the text position table has context_length + 1 rows (CLS last): set "
+                          "config.model.text.context_length and config.data.text_length to the "
+                          "checkpoint's (rows - 1); it is not resized automatically",
+    "visual/pos_embedding": "image position tables are resized automatically between square "
+                            "patch grids: choose vision.image_size / patch_size giving a square "
+                            "grid, and the same class_token setting as the checkpoint",
+}
+
+
+def param_differences(loaded, expected) -> List[str]:
+  """Lines naming each param path that is missing, unexpected or shaped differently:
+  "text/pos_embedding (25, 64) vs (33, 64)" (the loaded shape first)."""
+  shape = lambda x: tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)  # noqa
+  got = {k: shape(v) for k, v in traverse_util.flatten_dict(dict(loaded), sep="/").items()}
+  want = {k: shape(v) for k, v in traverse_util.flatten_dict(dict(expected), sep="/").items()}
+  lines = []
+  for path in sorted(set(got) | set(want)):
+    if path not in got:
+      lines.append(f"{path}: missing from the checkpoint (model wants {want[path]})")
+    elif path not in want:
+      lines.append(f"{path}: in the checkpoint {got[path]}, not in this model")
+    elif got[path] != want[path]:
+      lines.append(f"{path} {got[path]} vs {want[path]} (checkpoint vs model)")
+  return lines
+
+
+def check_params_fit(loaded, expected, source: str):
+  """Raises ValueError naming every param that differs between `loaded` (arrays) and
+  `expected` (arrays or ShapeDtypeStructs), with how position tables can be made to fit."""
+  lines = param_differences(loaded, expected)
+  if not lines:
+    return
+  hints = [f"{name}: {hint}" for name, hint in _POSITION_HINTS.items()
+           if any(line.split(" ")[0].rstrip(":").endswith(name) for line in lines)]
+  raise ValueError(f"{source}: its params do not fit this model config ({len(lines)} "
+                   "difference(s)):\n  " + "\n  ".join(lines[:40])
+                   + (f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else "")
+                   + "".join(f"\nHow to fit {h}" for h in hints))
 
 
 def resize_position_embedding(pos, num_patches: int, class_token: bool):

@@ -145,11 +145,8 @@ def _encoder_from(config, params, encoder_names):
   loaded = checkpoint.adapt_params(loaded, source_cfg, config.model)
   out = dict(params)
   for name in encoder_names:
-    expected = jax.tree.map(lambda x: x.shape, params[name])
-    got = jax.tree.map(lambda x: tuple(np.shape(x)), loaded.get(name, {}))
-    if expected != got:
-      raise ValueError(f"config.init_from={config.init_from}: its {name!r} params do not fit "
-                       "config.model (different architecture)")
+    checkpoint.check_params_fit({name: loaded.get(name, {})}, {name: params[name]},
+                                f"config.init_from={config.init_from}")
     out[name] = jax.tree.map(np.asarray, loaded[name])
   return out
 

@@ -256,11 +256,7 @@ def _init_from(config, state, state_shardings, tx, prefixes=()):
   """Params from a checkpoint, an export or a converted open_clip model; fresh optimizer."""
   params, source_config = checkpoint.load_params(config.init_from)
   params = checkpoint.adapt_params(params, source_config, config.model)
-  expected = jax.tree.map(lambda x: x.shape, state["params"])
-  got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
-  if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
-    raise ValueError(f"config.init_from={config.init_from}: its params do not fit this "
-                     "model config (different architecture)")
+  checkpoint.check_params_fit(params, state["params"], f"config.init_from={config.init_from}")
   new_state = state_from_params(params, tx, prefixes, state_shardings)
   _print(f"initialised params from {config.init_from}")
   return new_state
