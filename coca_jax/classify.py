@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from coca_jax import checkpoint, distributed, feature_cache, freeze, loop, optim, sharding
-from coca_jax import tokenizers, train_config
+from coca_jax import resume_rules, tokenizers, train_config
 from coca_jax import train as train_lib
 from coca_jax.classifier import FEATURES, ImageClassifier, head_of
 from coca_jax.data import labels as labels_lib
@@ -193,9 +193,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     raise ValueError(f"config.data.image_size: {data_cfg['image_size']} differs from "
                      f"model.vision.image_size {model_cfg.vision.image_size}")
   workdir = epath.Path(workdir)
+  resume_rules.check(config, workdir)  # before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() > 0)
   mesh = sharding.config_mesh(config)

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coca_jax import checkpoint, config_checks, data, distributed, freeze, loop, optim, sharding
-from coca_jax import tokenizers, train_config, train_step as train_step_lib
+from coca_jax import checkpoint, config_checks, data, distributed, freeze, loop, optim
+from coca_jax import resume_rules, sharding, tokenizers, train_config
+from coca_jax import train_step as train_step_lib
 from coca_jax.evals import build as build_evaluators, run_evaluators
 from coca_jax.model import create_model
 from coca_jax.model.summary import count_params
@@ -62,9 +63,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   distributed.initialize(config.distributed)
   config_checks.check(config)
   workdir = epath.Path(workdir)
+  resume_rules.check(config, workdir)  # before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() > 0)
 
@@ -232,10 +232,19 @@ def state_layout(init_params, tx, prefixes, mesh, rules):
 
 def restore_or_init(config, workdir, init, shardings, abstract_state, train_iter, mesh, rules):
   """(checkpoint manager, state, start step, fresh): the workdir's latest checkpoint (with the
-  data iterator's position), else a fresh state from `config.seed` at step 0."""
+  data iterator's position), else a fresh state from `config.seed` at step 0. Writes
+  config.json and run_config.json once the state is settled. Raises ValueError when the
+  workdir holds checkpoints and none restores (see `resume_rules`)."""
   manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep,
                                     config.checkpoint.async_save)
   state, start_step = checkpoint.restore_latest(manager, abstract_state, train_iter)
+  if state is None and manager.all_steps():
+    manager.close()
+    raise ValueError(
+        f"{workdir}/checkpoints holds steps {sorted(manager.all_steps())}, but none could be "
+        "restored (the errors above say why). They are left as they are: pass "
+        "--config.checkpoint.new_run=True to set them aside and start a new run here.")
+  resume_rules.record(config, workdir)  # what the checkpoints from here on are written with
   if state is not None:
     _print(f"resumed from {workdir}/checkpoints/{start_step}")
     return manager, state, start_step, False

@@ -33,7 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Mesh axis sizes; -1 takes the devices left over. `slice` spans TPU slices (DCN).
   c.mesh = dict(slice=1, data=-1, fsdp=1, tensor=1)
   c.logical_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
-  c.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True)
+  # new_run: a workdir's checkpoints are set aside (moved, not deleted) and a new run starts;
+  # otherwise a run resumes from them or is refused (coca_jax/resume_rules.py).
+  c.checkpoint = dict(every_steps=500, max_to_keep=3, async_save=True, new_run=False)
   c.log_every_steps = 50
   c.eval_every_steps = 500  # 0: only at the end
   # Evaluators (field meanings: coca_jax/evals/__init__.py). eval.py runs the same ones.
