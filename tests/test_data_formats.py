@@ -256,7 +256,7 @@ def test_convert_command(tmp_path, tok):
       capture_output=True, text=True, check=True, timeout=300)
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["bad_records"]["train"]["kept"] == 9
-  assert report["bad_records"]["validation"] == {"kept": 3, "dropped": 0}
+  assert report["bad_records"]["validation"] == {"kept": 3, "captions": 3, "dropped": 0}
   spec = dict(format="tfds", path=report["builder_dir"], split="validation")
   assert sorted(all_captions(base_config(tmp_path), tok, spec)) == sorted(
       caption(i) for i in range(3))

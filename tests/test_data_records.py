@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 
 from coca_jax import data, tokenizers
-from coca_jax.data import local, records
+from coca_jax.data import formats, local, records
 
 RED = (220, 30, 30)
 
@@ -123,7 +123,9 @@ def write_collection(root):
     f.write(b"filepath,title\n")
     for path, caption in rows:
       f.write(path.encode() + b',"' + caption + b'"\n')
-  return {"kept": len(odd_images()) + 1, "image_empty": 1, "image_truncated": 2,
+  # jpeg.jpg's five rows are one image with two usable captions (three are counted bad).
+  return {"kept": len(odd_images()), "captions": len(odd_images()) + 1, "image_empty": 1,
+          "image_truncated": 2,
           "image_undecodable": 1, "image_missing": 1, "caption_empty": 2,
           "caption_invalid_utf8": 1}
 
@@ -133,7 +135,8 @@ def test_preparation_filters_and_counts(tmp_path):
   builder = local.prepare(dict(name="messy", format="csv", path=str(tmp_path / "pairs.csv")),
                           str(tmp_path / "tfds"))
   report = local.bad_record_report(builder)["train"]
-  assert report == {**expected, "dropped": sum(v for k, v in expected.items() if k != "kept")}
+  assert report == {**expected, "dropped": sum(v for k, v in expected.items()
+                                               if k not in ("kept", "captions"))}
   # Everything kept reads back as clean RGB and finite model inputs.
   cfg = dict(data_dir=str(tmp_path / "tfds"), image_size=16, text_length=12,
              train=dict(name="messy", format="csv", path=str(tmp_path / "pairs.csv")),
@@ -153,9 +156,11 @@ def test_preparation_filters_and_counts(tmp_path):
 def unfiltered(tmp_path, monkeypatch):
   """A converted dataset whose bad records were left in, so they fail at read time."""
   write_collection(tmp_path)
+  monkeypatch.setattr(formats, "group_by_image", lambda raws: raws)  # one example per row
   monkeypatch.setattr(local, "encode_record", lambda raw, *a, **k: {
       "image": raw.get("image", b""),
-      "caption": raw.get("caption", "").encode("utf-8", "surrogateescape")})
+      "captions": [c.encode("utf-8", "surrogateescape") for c in formats.captions_of(raw)]
+                  if "caption" in raw else [b""]})
   spec = dict(name="raw", format="csv", path=str(tmp_path / "pairs.csv"))
   local.prepare({**spec, "name": "raw_train"}, str(tmp_path / "tfds"))
   return dict(data_dir=str(tmp_path / "tfds"), image_size=16, text_length=12, train=spec,

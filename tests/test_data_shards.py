@@ -47,7 +47,7 @@ def test_repeated_file_names_in_folders_are_separate_samples(tmp_path, tok):
                    + sample("setB/0002", 3))
   spec = dict(name="folders", format="webdataset", path=path, split="train")
   builder = local.prepare(spec, str(tmp_path / "tfds"))
-  assert local.bad_record_report(builder)["train"] == {"kept": 4, "dropped": 0}
+  assert local.bad_record_report(builder)["train"] == {"kept": 4, "captions": 4, "dropped": 0}
   got = all_captions(base_config(tmp_path), tok, dict(format="tfds", path=builder.data_dir,
                                                       split="train"))
   assert sorted(got) == sorted(caption(i) for i in range(4))
@@ -65,7 +65,7 @@ def test_a_part_seen_twice_is_a_counted_bad_record(tmp_path):
   builder = local.prepare(dict(name="dup", format="webdataset", path=path, split="train"),
                           str(tmp_path / "tfds"))
   assert local.bad_record_report(builder)["train"] == {
-      "kept": 2, "dropped": 1, "record_duplicate_part": 1}
+      "kept": 2, "captions": 2, "dropped": 1, "record_duplicate_part": 1}
 
 
 def unordered_shard(path, keys):

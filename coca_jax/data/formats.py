@@ -11,7 +11,8 @@ Formats (`format` in a dataset spec):
 Text files (csv, tsv, jsonl) may be UTF-8 with or without a byte-order mark, or UTF-16 /
 UTF-32 with one (`open_text`); CRLF line ends are fine.
 
-A raw record is `{"key": str, "image": bytes, "caption": str | bytes}`; an unreadable one is
+A raw record is `{"key": str, "image": bytes, "caption": str | bytes | [str, ...]}` (a JSONL
+caption or a webdataset .json "caption" may be a list); an unreadable one is
 `{"key": str, "error": reason}` so that the caller can count it. Paths may be local or remote
 (gs://...): files are opened through etils.epath. `path` may be a file, a directory (every shard
 in it), a glob, or a brace range like "shards/{00000..00099}.tar".
@@ -30,6 +31,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 SHARD_SUFFIX = {"webdataset": ".tar", "tfrecord": ".tfrecord", "csv": ".csv", "tsv": ".tsv",
                 "jsonl": ".jsonl"}
 FORMATS = tuple(SHARD_SUFFIX)
+TABLES = ("csv", "tsv", "jsonl")  # rows naming image files
 DEFAULT_KEYS = {  # (image key, caption key) per format
     "csv": ("filepath", "title"), "tsv": ("filepath", "title"),  # open_clip's defaults
     "jsonl": ("image", "caption"), "webdataset": ("jpg", "txt"), "tfrecord": ("jpg", "txt"),
@@ -112,10 +114,36 @@ def _load(base: epath.Path, name: str, load: bool = True) -> Dict:
       else base / name
   if not load:
     return {"image_path": str(image_path)}
+  return read_image(image_path)
+
+
+def read_image(path) -> Dict:
+  """{"image": the file's bytes}, or {"error": "image_missing"}."""
   try:
-    return {"image": image_path.read_bytes()}
+    return {"image": epath.Path(path).read_bytes()}
   except (FileNotFoundError, IsADirectoryError, PermissionError):
     return {"error": "image_missing"}
+
+
+def captions_of(raw: Dict) -> List:
+  """A raw record's captions as a list (a JSONL line or a webdataset .json may hold several)."""
+  caption = raw.get("caption")
+  return list(caption) if isinstance(caption, (list, tuple)) else [caption]
+
+
+def group_by_image(raws: Iterator[Dict]) -> Iterator[Dict]:
+  """Table rows (read with load_images=False) naming the same image path become one record
+  holding all their captions, in the order images first appear; errors pass through first."""
+  images: Dict[str, Dict] = {}
+  for raw in raws:
+    if "error" in raw:
+      yield raw
+      continue
+    entry = images.setdefault(raw["image_path"], {"key": raw["key"],
+                                                  "image_path": raw["image_path"],
+                                                  "caption": []})
+    entry["caption"] += captions_of(raw)
+  yield from images.values()
 
 
 def _read_table(path: epath.Path, fmt, image_key, text_key, separator,

@@ -38,20 +38,32 @@ class FilesConfig(tfds.core.BuilderConfig):
   max_caption_chars: int = 1000
 
 
-def encode_record(raw: Dict, max_side: int = MAX_SIDE, max_caption_chars: int = 1000) -> Dict:
-  """A clean {"image": JPEG bytes, "caption": str} from a raw record; raises `BadRecord`."""
+def encode_record(raw: Dict, max_side: int = MAX_SIDE, max_caption_chars: int = 1000,
+                  counts: Optional[records.BadRecordCounts] = None) -> Dict:
+  """A clean {"image": JPEG bytes, "captions": [str, ...]} from a raw record (one caption or
+  several). A caption that cannot be used is dropped (counted in `counts` by reason); raises
+  `BadRecord` when the image is bad or no caption is left."""
   if "error" in raw:
     raise records.BadRecord(raw["error"])
-  caption = records.clean_caption(raw["caption"], max_caption_chars)
+  captions, errors = [], []
+  for caption in formats.captions_of(raw):
+    try:
+      captions.append(records.clean_caption(caption, max_caption_chars))
+    except records.BadRecord as e:
+      errors.append(e)
+  if not captions:
+    raise errors[0] if errors else records.BadRecord("caption_empty")
   data = raw["image"]
   array = records.decode_image(data, min_size=max_side)
+  for e in errors if counts is not None else ():  # the image stays, without these captions
+    counts.add(e.reason)
   if min(array.shape[:2]) > max_side:
     array = np.asarray(preprocess.resize_shorter_side(Image.fromarray(array), max_side))
   elif data[:3] == b"\xff\xd8\xff" and _plain_rgb(data):
-    return {"image": data, "caption": caption}  # already fine: keep the original bytes
+    return {"image": data, "captions": captions}  # already fine: keep the original bytes
   out = io.BytesIO()
   Image.fromarray(array).save(out, format="JPEG", quality=95)
-  return {"image": out.getvalue(), "caption": caption}
+  return {"image": out.getvalue(), "captions": captions}
 
 
 def _plain_rgb(jpeg: bytes) -> bool:
@@ -66,16 +78,17 @@ class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
   """Image-caption pairs from local or remote files (csv, tsv, jsonl, webdataset, tfrecord)."""
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "webdataset samples keyed by webdataset's rule (directory included): "
-                            "1.0.0 merged or overwrote samples whose file names repeat across "
-                            "folders."}
+                   "1.1.0": "One example per image with all its captions (rows naming the same "
+                            "image, caption lists); webdataset samples keyed by webdataset's rule "
+                            "(directory included: 1.0.0 merged or overwrote samples whose file "
+                            "names repeat across folders); photos upright in sRGB."}
   BUILDER_CONFIG_CLS = FilesConfig
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "caption": tfds.features.Text(),
+            "captions": tfds.features.Sequence(tfds.features.Text()),
             "key": tfds.features.Text(),
         }),
         metadata=tfds.core.MetadataDict(),
@@ -89,28 +102,47 @@ class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, path: str):
     cfg = self.builder_config
     counts = records.BadRecordCounts()
-    kept = 0
-    for shard, file in enumerate(formats.expand_paths(path, cfg.format)):
-      for raw in formats.read_file(file, cfg.format, image_key=cfg.image_key,
-                                   text_key=cfg.text_key, separator=cfg.separator):
-        if raw.get("error") == "shard_unordered":
-          raise ValueError(
-              f"{raw['detail']}: the shard's members are not grouped by sample (webdataset "
-              "reads a sample's files one after another). Re-create it with its members "
-              "sorted by name, e.g. `tar --sort=name -cf shard.tar -C DIR .`")
-        try:
-          example = encode_record(raw, cfg.max_side, cfg.max_caption_chars)
-        except records.BadRecord as e:
-          counts.add(e.reason)
-          continue
-        kept += 1
-        yield f"{shard}:{raw['key']}", {**example, "key": raw["key"]}
-    report = {"kept": kept, "dropped": counts.total(), **counts.as_dict()}
+    kept = num_captions = 0
+    for key, raw in self._raw_records(path):
+      if raw.get("error") == "shard_unordered":
+        raise ValueError(
+            f"{raw['detail']}: the shard's members are not grouped by sample (webdataset "
+            "reads a sample's files one after another). Re-create it with its members "
+            "sorted by name, e.g. `tar --sort=name -cf shard.tar -C DIR .`")
+      try:
+        example = encode_record(raw, cfg.max_side, cfg.max_caption_chars, counts)
+      except records.BadRecord as e:
+        counts.add(e.reason)
+        continue
+      kept += 1
+      num_captions += len(example["captions"])
+      yield key, {**example, "key": raw["key"]}
+    report = {"kept": kept, "captions": num_captions, "dropped": counts.total(),
+              **counts.as_dict()}
     if not kept:
       raise ValueError(f"{cfg.name}/{split}: every record of {path!r} was dropped: "
                        f"{json.dumps(report)}")
     self.info.metadata.setdefault("bad_records", {})[split] = report
     logging.info("%s/%s: %s", cfg.name, split, json.dumps(report))
+
+  def _raw_records(self, path: str):
+    """(example key, raw record): tables grouped by image path over all their files (one
+    image, several captions), shards sample by sample."""
+    cfg = self.builder_config
+    files = formats.expand_paths(path, cfg.format)
+    read = lambda file, load: formats.read_file(  # noqa: E731
+        file, cfg.format, image_key=cfg.image_key, text_key=cfg.text_key,
+        separator=cfg.separator, load_images=load)
+    if cfg.format in formats.TABLES:
+      rows = (raw for file in files for raw in read(file, False))
+      for raw in formats.group_by_image(rows):
+        if "error" not in raw:
+          raw = {**raw, **formats.read_image(raw["image_path"])}
+        yield raw["key"], raw
+      return
+    for shard, file in enumerate(files):
+      for raw in read(file, True):
+        yield f"{shard}:{raw['key']}", raw
 
 
 def prepare(spec, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:

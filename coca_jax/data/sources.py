@@ -112,7 +112,7 @@ def _builder(spec: DatasetSpec, data_dir: Optional[str]) -> tfds.core.DatasetBui
 def _default_keys(spec: DatasetSpec, builder) -> Dict[str, Optional[str]]:
   features = builder.info.features
   if spec.format != "tfds":
-    return {"image": "image", "text": "caption", "label": None}
+    return {"image": "image", "text": "captions", "label": None}
   text = spec.text_key or next((k for k in ("captions", "caption", "text") if k in features),
                                None)
   label = spec.label_key or ("label" if "label" in features else None)
@@ -194,11 +194,11 @@ def iter_captions(spec, data_dir: Optional[str] = None) -> Iterator[str]:
     source = Source(spec, data_dir)
     raws = (c for i in range(len(source)) for c in source[i]["captions"])
   else:
-    raws = (raw["caption"] for path in formats.expand_paths(spec.path, spec.format)
+    raws = (caption for path in formats.expand_paths(spec.path, spec.format)
             for raw in formats.read_file(path, spec.format, image_key=spec.image_key,
                                          text_key=spec.text_key, separator=spec.separator,
                                          load_images=False)
-            if "error" not in raw)
+            if "error" not in raw for caption in formats.captions_of(raw))
   for raw in raws:
     try:
       yield records.clean_caption(raw)

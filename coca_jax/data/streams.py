@@ -81,7 +81,7 @@ class ShardReader:
       raw = self._block[offset]
       if "error" in raw:
         return raw
-      return {"image": raw["image"], "captions": [raw["caption"]], "label": -1,
+      return {"image": raw["image"], "captions": formats.captions_of(raw), "label": -1,
               "scene": NO_SCENE}
 
   def _pinned(self) -> Dict:

@@ -6,11 +6,18 @@ an image query is correct at K when ANY of its captions is among the top K texts
 when its own image is among the top K images. Average precision uses every relevant item (all
 of an image's captions; a text's single image, where it equals 1 / rank).
 
+Images are counted once each (COCO's protocol): people's own files are grouped by image at
+conversion, and a split whose images still repeat (same bytes) is warned about, with the count
+reported as `retrieval/duplicate_images`.
+
 Ties are ranked against the query: an irrelevant item scoring the same as a relevant one comes
 first, so a model whose embeddings collapse to one point scores at chance, not perfectly.
 """
+import collections
+import hashlib
 from typing import Dict, List, Optional, Sequence
 
+from absl import logging
 from etils import epath
 import jax
 import numpy as np
@@ -75,6 +82,12 @@ def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray,
   return results
 
 
+def _digest(image) -> str:
+  """The same picture gives the same digest (encoded bytes, or a decoded array's bytes)."""
+  data = image.tobytes() if isinstance(image, np.ndarray) else bytes(image)
+  return hashlib.sha1(data).hexdigest()
+
+
 def _accumulate(sums, metrics):
   for key, values in metrics.items():
     sums[key] = sums.get(key, 0.0) + float(np.sum(values))
@@ -96,15 +109,18 @@ class RetrievalEvaluator:
     self._encode = jax.jit(
         lambda p, x: model.apply({"params": p}, x, method="encode_image")[0])
     self._texts: Optional[List[str]] = None
+    self.duplicate_images = 0
 
   def _captions(self):
     """Every caption of the split and its image (read once; the same on every process)."""
     if self._texts is None:
       source = self.eval_iter.source
-      texts, owners = [], []
+      texts, owners, digests = [], [], collections.Counter()
       for index in range(len(source)):
         try:
-          captions = common.clean_captions(source[index]["captions"])
+          record = source[index]
+          captions = common.clean_captions(record["captions"])
+          digests[_digest(record["image"])] += 1
         except Exception:  # pylint: disable=broad-except  (an unreadable record has none)
           captions = []
         if self.captions_per_image:
@@ -112,6 +128,14 @@ class RetrievalEvaluator:
         texts += captions
         owners += [index] * len(captions)
       self._texts, self._owners = texts, np.asarray(owners, np.int64)
+      # COCO's protocol counts images: a picture given as several examples (one row per
+      # caption, or the same file twice) competes with itself and lowers text->image recall.
+      self.duplicate_images = sum(n - 1 for n in digests.values())
+      if self.duplicate_images:
+        logging.warning("%s: %d of %d images repeat another image of the split (same bytes); "
+                        "text->image recall counts each copy as a different image. Give each "
+                        "picture once with all its captions.", self.prefix,
+                        self.duplicate_images, len(source))
     return self._texts, self._owners
 
   def image_embeddings(self, params):
@@ -150,6 +174,7 @@ class RetrievalEvaluator:
     image_embeds = image_embeds[seen]
     results = retrieval_metrics(image_embeds, text_embeds, renumber[owners],
                                 prefix=self.prefix)
+    results[f"{self.prefix}/duplicate_images"] = float(self.duplicate_images)
     return results, (image_embeds, text_embeds, texts, np.flatnonzero(seen),
                      renumber[owners])
 
