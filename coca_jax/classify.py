@@ -208,7 +208,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     for spec in (data_cfg["train"], data_cfg["eval"]):
       spec = DatasetSpec.parse(spec)
       if spec.format == "tfds" and not spec.path and not spec.name.startswith("coca_shapes"):
-        manual.prepare(spec.name, spec.data_dir or data_cfg["data_dir"], c.manual_dir)
+        manual.prepare(spec.name, spec.data_dir or data_cfg["data_dir"], c.manual_dir,
+                       data_cfg["reprepare"])
   _barrier("data_prepared")
   tokenizer = tokenizers.load(config.data.tokenizer)  # the pipeline tokenizes a caption too
   num_classes = len(labels_lib.class_names(config.data, data_cfg["train"], c.label))

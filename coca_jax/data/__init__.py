@@ -95,7 +95,7 @@ def prepare(data_config) -> Dict[str, Dict]:
   for spec in parse_specs(cfg["train"]) + [DatasetSpec.parse(cfg["eval"])]:
     if spec.stream:
       continue
-    source = Source(spec, cfg["data_dir"])
+    source = Source(spec, cfg["data_dir"], reprepare=cfg["reprepare"])
     if spec.format != "tfds":
       reports[source.builder.info.full_name] = local.bad_record_report(source.builder)
   return reports

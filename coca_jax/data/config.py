@@ -17,6 +17,7 @@ DEFAULTS = dict(
     num_threads=2,  # Grain reader threads in this process, each making whole batches
     prefetch=256,  # examples read ahead
     shuffle_window=256,  # streamed shards: records shuffled together
+    reprepare=False,  # prepare converted / manual-dir datasets again from their source files
 )
 
 

@@ -2,7 +2,7 @@
 
   python -m coca_jax.data.convert --name=mine --format=csv --data_dir=/data/tfds \\
       --split=train=/data/train.csv --split=validation=/data/val.csv \\
-      [--image_key=filepath --text_key=title --separator=, --max_side=512]
+      [--image_key=filepath --text_key=title --separator=, --max_side=512] [--reprepare]
 
 Formats: csv, tsv, jsonl, webdataset (img2dataset .tar shards), tfrecord (img2dataset). Paths
 may be files, directories, globs or {000..099} ranges, local or gs://. Bad records are dropped
@@ -26,11 +26,14 @@ def main(argv=None):
   parser.add_argument("--text_key", default=None)
   parser.add_argument("--separator", default=None)
   parser.add_argument("--max_side", type=int, default=local.MAX_SIDE)
+  parser.add_argument("--reprepare", action="store_true",
+                      help="Convert again even if a prepared copy exists (its files changed).")
   args = parser.parse_args(argv)
   splits = dict(s.split("=", 1) for s in args.split)
   builder = local.prepare(dict(name=args.name, format=args.format, splits=splits,
                                image_key=args.image_key, text_key=args.text_key,
-                               separator=args.separator, max_side=args.max_side), args.data_dir)
+                               separator=args.separator, max_side=args.max_side), args.data_dir,
+                         reprepare=args.reprepare)
   print(json.dumps({"builder_dir": str(builder.data_dir),
                     "bad_records": local.bad_record_report(builder)}))
 

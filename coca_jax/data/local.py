@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from coca_jax.data import formats, preprocess, records
+from coca_jax.data import formats, preprocess, provenance, records
 
 MAX_SIDE = 512
 
@@ -145,8 +145,13 @@ class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
         yield f"{shard}:{raw['key']}", raw
 
 
-def prepare(spec, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
-  """The builder for a dataset spec with `format` and `path` (or `splits`), prepared if missing."""
+def prepare(spec, data_dir: Optional[str] = None,
+            reprepare: bool = False) -> tfds.core.DatasetBuilder:
+  """The builder for a dataset spec with `format` and `path` (or `splits`), prepared if missing.
+
+  A prepared copy is reused only while its source files are as they were (`provenance`);
+  `reprepare` prepares it again from them. Raises ValueError for a changed source.
+  """
   spec = dict(spec)
   splits = dict(spec.get("splits") or {spec.get("split", "train"): spec["path"]})
   config = FilesConfig(
@@ -155,17 +160,27 @@ def prepare(spec, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
       max_side=spec.get("max_side", MAX_SIDE),
       max_caption_chars=spec.get("max_caption_chars", 1000))
   builder = ImageTextFiles(config=config, data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    older = [v.name for v in epath.Path(builder.data_dir).parent.glob("*")
-             if v.name != str(builder.version) and (v / "dataset_info.json").exists()]
-    if older:
-      logging.warning("%s: prepared before by version %s of this converter, which grouped "
-                      "records differently (%s); preparing version %s from the source files",
-                      config.name, ", ".join(sorted(older)),
-                      ImageTextFiles.RELEASE_NOTES[str(builder.version)], builder.version)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  inputs = provenance.describe(f for path in splits.values()
+                               for f in formats.expand_paths(path, config.format))
+  if builder.is_prepared() and not reprepare:
+    provenance.check(builder.data_dir, config.name, inputs)
+    return builder
+  if builder.is_prepared():
+    logging.warning("%s: preparing again from its files (reprepare)", config.name)
+    epath.Path(builder.data_dir).rmtree()
     builder = ImageTextFiles(config=config, data_dir=data_dir, file_format="array_record")
+  older = [v.name for v in epath.Path(builder.data_dir).parent.glob("*")
+           if v.name != str(builder.version) and (v / "dataset_info.json").exists()]
+  if older:
+    logging.warning("%s: prepared before by version %s of this converter, which grouped "
+                    "records differently (%s); preparing version %s from the source files",
+                    config.name, ", ".join(sorted(older)),
+                    ImageTextFiles.RELEASE_NOTES[str(builder.version)], builder.version)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  builder = ImageTextFiles(config=config, data_dir=data_dir, file_format="array_record")
+  provenance.record(builder.data_dir, inputs,
+                    {k: v.num_examples for k, v in builder.info.splits.items()})
   return builder
 
 

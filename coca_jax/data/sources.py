@@ -94,13 +94,14 @@ def parse_specs(datasets) -> List[DatasetSpec]:
   return [DatasetSpec.parse(d) for d in datasets]
 
 
-def _builder(spec: DatasetSpec, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+def _builder(spec: DatasetSpec, data_dir: Optional[str],
+             reprepare: bool = False) -> tfds.core.DatasetBuilder:
   data_dir = spec.data_dir or data_dir
   if spec.format != "tfds":
     # One converted dataset per (name, split): "mine_train", "mine_validation".
     split = re.split(r"[\[+]", spec.split)[0]
     return local.prepare(dataclasses.asdict(spec) | {"name": f"{spec.name}_{split}",
-                                                      "split": split}, data_dir)
+                                                      "split": split}, data_dir, reprepare)
   if spec.path:  # a prepared TFDS dataset's directory, e.g. written by data.convert
     return tfds.builder_from_directory(spec.path)
   name, _, config = spec.name.partition("/")
@@ -139,10 +140,11 @@ class Source:
   """Random access to one split of a dataset spec, as records (see the module docstring)."""
 
   def __init__(self, spec: DatasetSpec, data_dir: Optional[str] = None,
-               split: Optional[str] = None):
+               split: Optional[str] = None, reprepare: bool = False):
+    """`reprepare`: convert people's own files again even if a prepared copy exists."""
     self.spec = spec
     self.split = split or spec.split
-    self.builder = _builder(spec, data_dir)
+    self.builder = _builder(spec, data_dir, reprepare)
     self.keys = _default_keys(spec, self.builder)
     try:
       self.data = self.builder.as_data_source(
