@@ -84,15 +84,17 @@ def test_unordered_shard_is_refused_at_conversion_naming_it(tmp_path):
   assert "No examples were yielded" not in message
 
 
-def test_unordered_shard_is_counted_when_streamed(tmp_path, tok):
+def test_unordered_shard_is_counted_when_streamed(tmp_path, tok, caplog):
   good = write_tar(tmp_path / "shards" / "00000.tar", sample("g0", 0) + sample("g1", 1))
   unordered_shard(tmp_path / "shards" / "00001.tar", ["u0", "u1"])
   cfg = {**base_config(tmp_path), "train": dict(
       name="web", format="webdataset", path=good.replace("00000", "{00000..00001}"),
       stream=True)}
-  batches, (it,) = stream_batches(cfg, tok, 1, 2, batch=2)
+  with caplog.at_level("WARNING"):
+    batches, (it,) = stream_batches(cfg, tok, 1, 2, batch=2)
   assert all(t in (caption(0), caption(1)) for b in batches for t in b)
   assert it.stats()["bad_records/shard_unordered"] >= 1
+  assert "shard_unordered" in caplog.text and "00001.tar: key 'u0' came back" in caplog.text
 
 
 def test_all_bad_stream_error_lists_reasons(tmp_path, tok):

@@ -233,7 +233,7 @@ def _read_tar(path: epath.Path, image_key: str, text_key: str) -> Iterator[Dict]
           parts[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError):
       if key is not None:
-        yield {"key": key, "error": "shard_truncated"}
+        yield {"key": key, "error": "shard_truncated", "detail": f"{path}: ends inside {key!r}"}
       key = None
   if key is not None:
     yield finish(key, parts, duplicate)
@@ -249,7 +249,8 @@ def _read_tfrecord(path: epath.Path, image_key: str, text_key: str) -> Iterator[
     except StopIteration:
       return
     except tf.errors.OpError:  # a truncated or corrupted shard ends here
-      yield {"key": f"{path.name}:{n}", "error": "shard_truncated"}
+      yield {"key": f"{path.name}:{n}", "error": "shard_truncated",
+             "detail": f"{path}: unreadable after record {n}"}
       return
     try:
       example = tf.train.Example.FromString(data).features.feature

@@ -13,6 +13,7 @@ process its strided share of their shuffled, repeated order.
 import hashlib
 from typing import Callable, Dict, List, Sequence
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -80,6 +81,9 @@ class ShardReader:
       self.done += 1
       raw = self._block[offset]
       if "error" in raw:
+        if raw.get("detail") and raw["error"] in ("shard_unordered", "shard_truncated"):
+          logging.warning("%s: %s (%s); the rest of the shard is skipped this visit",
+                          self.spec.name, raw["error"], raw["detail"])
         return raw
       return {"image": raw["image"], "captions": formats.captions_of(raw), "label": -1,
               "scene": NO_SCENE}
