@@ -14,6 +14,8 @@ Datasets: "" is config.data.eval; "NAME[:SPLIT]" a prepared TFDS dataset (imagen
 imagenet_v2, coco_captions, ...); "folder:PATH[:SPLIT]" a folder of images per class.
 ImageNet: --dataset=imagenet2012 --manual_dir=DIR (holding ILSVRC2012_img_val.tar) prepares it
 the first time. Nothing is downloaded. On a pod run the same command on every host.
+Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature,
+--repetition_penalty, --no_repeat_ngram_size (config.evals.generation).
 Other config fields: --config.evals.FIELD=VALUE (see coca_jax/evals/__init__.py).
 """
 import os
@@ -40,6 +42,13 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.data.data_
 flags.DEFINE_string("manual_dir", None, "Prepare the TFDS datasets from this manual dir first.")
 flags.DEFINE_integer("num_captions", 0, "Images to caption (0: the whole split).")
 flags.DEFINE_integer("batch_size", None, "Global eval batch (default: config.evals.batch_size).")
+flags.DEFINE_enum("strategy", "greedy", ["greedy", "beam", "sample"], "Caption decoding.")
+flags.DEFINE_integer("num_beams", 6, "Beam search width.")
+flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
+flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus probability.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_float("repetition_penalty", 1.0, "Seen tokens' scores / this (x this if < 0).")
+flags.DEFINE_integer("no_repeat_ngram_size", 0, "No n-gram of this size twice (0: off).")
 flags.DEFINE_string("output", None, "Directory for results.json, captions and pictures.")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
@@ -78,6 +87,14 @@ def configure(config, f):
         ev[field] = value
     if f.data_dir is not None:
       config.data.data_dir = f.data_dir
+    generation = dict(ev.get("generation", None) or {})
+    for name in ("strategy", "num_beams", "top_k", "top_p", "temperature",
+                 "repetition_penalty", "no_repeat_ngram_size"):
+      if f[name].present or name not in generation:
+        generation[name] = f[name].value
+    if generation["strategy"] != "beam":
+      generation.pop("num_beams")
+    ev.generation = generation
   return config
 
 

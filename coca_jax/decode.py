@@ -17,6 +17,10 @@ The rules follow open_clip 3.3.0's `CoCa.generate`, so its captions can be repro
     path does (the CLIP tokenizer's pad id 0 is also "!"); beam search treats it as a token;
   * sampling filters (top-k, then top-p) see the untempered distribution, the temperature
     applies to what they keep (open_clip's order);
+  * `repetition_penalty` and `no_repeat_ngram_size` act on the scores each strategy ranks
+    (greedy and sampling: the logits, before top-k, top-p and the temperature; beam search: the
+    log-probabilities, or the logits with `beam_score="logit"`), as Hugging Face's processors
+    in open_clip's generate, and see the start token as generated;
   * beam search is Hugging Face's `BeamSearchScorer` (one group): each step ranks 2K
     continuations, end tokens among the first K close hypotheses scored sum / length **
     length_penalty (length = every token, start and end included), the first K others
@@ -68,6 +72,11 @@ class GenerationConfig:
   top_k: int = 0  # sample: keep the k most likely tokens (0: all)
   top_p: float = 1.0  # sample: keep the smallest set holding this much probability, (0, 1]
   temperature: float = 1.0  # sample: (0, inf)
+  # Against repetition, every strategy (Hugging Face's logits processors, as open_clip 3.3.0's
+  # generate applies them): a token already in the caption has its score divided by this when
+  # positive, multiplied when negative (1: off; > 0); and no n-gram of this size twice (0: off).
+  repetition_penalty: float = 1.0
+  no_repeat_ngram_size: int = 0
 
   @classmethod
   def for_tokenizer(cls, tokenizer, **kwargs) -> "GenerationConfig":
@@ -121,6 +130,11 @@ def resolve(config: GenerationConfig, model_config) -> GenerationConfig:
     problems.append(f"top_p={config.top_p}: need 0 < top_p <= 1")
   if not 0 < config.temperature < math.inf:
     problems.append(f"temperature={config.temperature}: need 0 < temperature < inf")
+  if not 0 < config.repetition_penalty < math.inf:
+    problems.append(f"repetition_penalty={config.repetition_penalty}: need 0 < "
+                    "repetition_penalty < inf (1: off)")
+  if config.no_repeat_ngram_size < 0:
+    problems.append(f"no_repeat_ngram_size={config.no_repeat_ngram_size}: need >= 0 (0: off)")
   # Settings that only one strategy reads would otherwise be silently ignored.
   for name, strategy in (("top_k", "sample"), ("top_p", "sample"), ("temperature", "sample"),
                          ("length_penalty", "beam"), ("early_stopping", "beam")):
@@ -133,8 +147,9 @@ def resolve(config: GenerationConfig, model_config) -> GenerationConfig:
   return config
 
 
-_INT_FIELDS = ("max_len", "min_len", "start_id", "end_id", "pad_id", "num_beams", "top_k")
-_REAL_FIELDS = ("length_penalty", "top_p", "temperature")
+_INT_FIELDS = ("max_len", "min_len", "start_id", "end_id", "pad_id", "num_beams", "top_k",
+               "no_repeat_ngram_size")
+_REAL_FIELDS = ("length_penalty", "top_p", "temperature", "repetition_penalty")
 
 
 def _type_problems(config: GenerationConfig):
@@ -247,6 +262,54 @@ def filter_top_p(logits, p: float):
   return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
+def seen_tokens(tokens, cur_len, vocab_size: int):
+  """bool (N, vocab): the tokens among tokens[:, :cur_len] (N, L) int32 (start token included,
+  as Hugging Face's processors see open_clip's `out`)."""
+  n, length = tokens.shape
+  valid = jnp.arange(length)[None, :] < cur_len
+  return jnp.zeros((n, vocab_size), bool).at[jnp.arange(n)[:, None], tokens].max(
+      jnp.broadcast_to(valid, tokens.shape))
+
+
+def repetition_penalty(scores, tokens, cur_len, penalty: float):
+  """Hugging Face's RepetitionPenaltyLogitsProcessor (Keskar et al. 2019, CTRL): scores
+  (N, vocab) of tokens already generated (tokens (N, L), the first cur_len valid) divided by
+  `penalty` where positive, multiplied where negative."""
+  seen = seen_tokens(tokens, cur_len, scores.shape[-1])
+  return jnp.where(seen, jnp.where(scores < 0, scores * penalty, scores / penalty), scores)
+
+
+def no_repeat_ngram(scores, tokens, cur_len, size: int):
+  """Hugging Face's NoRepeatNGramLogitsProcessor: -inf for every token that would complete an
+  n-gram (n = size) already in tokens[:, :cur_len] (N, L); scores (N, vocab)."""
+  n, length = tokens.shape
+  starts = length - size + 1
+  if starts <= 0:
+    return scores
+  match = jnp.ones((n, starts), bool)
+  for k in range(size - 1):  # the n-gram's first size - 1 tokens equal the last size - 1 ones
+    last = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(cur_len - size + 1 + k, 0), axis=1)
+    match &= tokens[:, k:k + starts] == last
+  match &= (jnp.arange(starts) + size - 1 < cur_len)[None, :] & (cur_len + 1 >= size)
+  banned = jnp.zeros(scores.shape, bool).at[
+      jnp.arange(n)[:, None], tokens[:, size - 1:size - 1 + starts]].max(match)
+  return jnp.where(banned, -jnp.inf, scores)
+
+
+def _against_repetition(config, scores, tokens, cur_len):
+  """The repetition controls on scores (..., vocab) given tokens (..., L); nothing when off,
+  so that the compiled program is then the one without them."""
+  if config.repetition_penalty == 1 and not config.no_repeat_ngram_size:
+    return scores
+  shape = scores.shape
+  scores, tokens = scores.reshape(-1, shape[-1]), tokens.reshape(-1, tokens.shape[-1])
+  if config.repetition_penalty != 1:
+    scores = repetition_penalty(scores, tokens, cur_len, config.repetition_penalty)
+  if config.no_repeat_ngram_size:
+    scores = no_repeat_ngram(scores, tokens, cur_len, config.no_repeat_ngram_size)
+  return scores.reshape(shape)
+
+
 def tempered(scores, temperature: float):
   """scores / temperature, shifted so that the largest is 0: the same distribution, but neither
   a tiny temperature (down to float32's underflow to 0) nor a huge one (up to its overflow to
@@ -272,7 +335,7 @@ def _sample(config, step, tokens, logits, cache, rng):
   b = tokens.shape[0]
 
   def advance(tokens, cur_len, done, scores, cache, logits):
-    x = _mask_end(config, logits, cur_len)
+    x = _against_repetition(config, _mask_end(config, logits, cur_len), tokens, cur_len)
     if config.strategy == "greedy":
       token = jnp.argmax(x, axis=-1).astype(jnp.int32)
     else:
@@ -333,7 +396,7 @@ def _beam_search(config, step, tokens, logits, cache):
   def advance(state, logits, cur_len):
     tokens, scores, fin_tokens, fin_scores, fin_count, done, cache = state
     s = jax.nn.log_softmax(logits) if config.beam_score == "log_prob" else logits
-    s = _mask_end(config, s, cur_len)
+    s = _against_repetition(config, _mask_end(config, s, cur_len), tokens, cur_len)
     value, index = _top_candidates(scores[..., None] + s, 2 * k)
     beam, token = index // vocab, (index % vocab).astype(jnp.int32)
     is_end = token == config.end_id

@@ -12,7 +12,8 @@ writes into DIR (process 0):
   captions.jsonl         {"index", "caption", "references"}, in split order
   manifest.json          what was written, the checkpoint, counts and timings
 Datasets as in eval.py ("" = config.data.eval; "folder:PATH" = a folder of images per class).
-Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature.
+Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature,
+--repetition_penalty, --no_repeat_ngram_size.
 Rows are written as batches finish, so the whole set never sits in memory.
 """
 import json
@@ -44,6 +45,8 @@ flags.DEFINE_integer("num_beams", 4, "Beam search width.")
 flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus probability.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_float("repetition_penalty", 1.0, "Seen tokens' scores / this (x this if < 0).")
+flags.DEFINE_integer("no_repeat_ngram_size", 0, "No n-gram of this size twice (0: off).")
 flags.DEFINE_integer("max_len", 0, "Longest caption in tokens (0: config.data.text_length).")
 flags.DEFINE_integer("min_len", 0, "No end token before this many tokens.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -215,7 +218,9 @@ def main(argv):
     from coca_jax.evals import common  # pylint: disable=import-outside-toplevel
     dataset = {**common.dataset_spec(config, dataset), "text_key": f.text_key}
   generation = dict(strategy=f.strategy, min_len=f.min_len, num_beams=f.num_beams,
-                    top_k=f.top_k, top_p=f.top_p, temperature=f.temperature)
+                    top_k=f.top_k, top_p=f.top_p, temperature=f.temperature,
+                    repetition_penalty=f.repetition_penalty,
+                    no_repeat_ngram_size=f.no_repeat_ngram_size)
   infer(config, f.checkpoint, f.output, dataset, tuple(f.outputs), f.texts, generation,
         f.seed, f.batch_size)
 

@@ -127,6 +127,15 @@ def reference_greedy(model, variables, images, cfg):
     logits = np.array(forward(variables, jnp.asarray(text), tokens)[:, cur - 1])
     if cur < cfg.min_len:
       logits[:, cfg.end_id] = -np.inf
+    for row, generated in zip(logits, out[:, :cur]):
+      for t in set(generated.tolist()) if cfg.repetition_penalty != 1 else ():
+        row[t] = row[t] * cfg.repetition_penalty if row[t] < 0 else row[t] / cfg.repetition_penalty
+      n = cfg.no_repeat_ngram_size
+      if n and cur + 1 >= n:
+        prefix = tuple(generated[cur - n + 1:])
+        for j in range(cur - n + 1):
+          if tuple(generated[j:j + n - 1]) == prefix:
+            row[generated[j + n - 1]] = -np.inf
     token = logits.argmax(-1)
     if cfg.force_end and cur == cfg.max_len - 1:
       token[:] = cfg.end_id
@@ -145,6 +154,29 @@ def test_greedy_equals_recomputation(setup, stop_on_pad):
   np.testing.assert_array_equal(got, expected)
   # The bias did its job: some caption ended before max_len, through an end or pad id.
   assert (got[:, -1] == PAD).any(), got
+
+
+@pytest.mark.parametrize("penalty,ngram", [(1.8, 0), (1.0, 2), (0.7, 3), (1.5, 1)])
+def test_repetition_controls_equal_recomputation(paper, penalty, ngram):
+  model, variables, images = paper
+  cfg = greedy_config(repetition_penalty=penalty, no_repeat_ngram_size=ngram, max_len=12)
+  expected = reference_greedy(model, variables, images, cfg)
+  got = np.asarray(decode.generate(model, variables, images, cfg).tokens)
+  np.testing.assert_array_equal(got, expected)
+  plain = np.asarray(decode.generate(model, variables, images, greedy_config(max_len=12)).tokens)
+  assert not np.array_equal(got, plain)  # the controls changed something
+
+
+def test_no_repeat_ngram_holds_for_every_strategy(paper):
+  model, variables, images = paper
+  for strategy in decode.STRATEGIES:
+    tokens = np.asarray(decode.generate(model, variables, images, greedy_config(
+        strategy=strategy, no_repeat_ngram_size=2, max_len=12, num_beams=3, stop_on_pad=False),
+        rng=jax.random.key(0)).tokens)
+    for row in tokens:
+      end = list(row).index(EOS) if EOS in row else len(row)
+      pairs = list(zip(row[:end], row[1:end]))
+      assert len(pairs) == len(set(pairs)), (strategy, row)
 
 
 def test_greedy_without_forced_end(paper):
@@ -296,6 +328,55 @@ def test_config_errors():
     decode.generate(MICRO, {}, None, greedy_config(strategy="sample"))
 
 
+# --- repetition controls against Hugging Face's processors ---------------------------------
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_repetition_processors_equal_hugging_face(size):
+  transformers = pytest.importorskip("transformers")
+  torch_ = pytest.importorskip("torch")
+  rng = np.random.default_rng(size)
+  scores = rng.standard_normal((6, 11)).astype(np.float32) * 3
+  tokens = rng.integers(0, 4, (6, 9)).astype(np.int32)  # few ids: many repeats
+  for cur_len in range(1, 10):
+    ids = torch_.from_numpy(tokens[:, :cur_len].astype(np.int64))
+    for penalty in (1.3, 0.6):
+      expected = transformers.RepetitionPenaltyLogitsProcessor(penalty)(
+          ids, torch_.from_numpy(scores.copy())).numpy()
+      got = decode.repetition_penalty(jnp.asarray(scores), jnp.asarray(tokens), cur_len, penalty)
+      np.testing.assert_allclose(got, expected, rtol=1e-6)
+    expected = transformers.NoRepeatNGramLogitsProcessor(size)(
+        ids, torch_.from_numpy(scores.copy())).numpy()
+    got = decode.no_repeat_ngram(jnp.asarray(scores), jnp.asarray(tokens), cur_len, size)
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def _lowered_sha256(strategy, **settings):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  model = coca_jax.create_model(config(MICRO))
+  size = model.cfg.vision.image_size
+  cfg = decode.resolve(greedy_config(strategy=strategy, num_beams=3, **settings), MICRO)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                             jnp.full((1, 4), BOS, jnp.int32))
+  run = decode._compiled.__wrapped__(model.cfg, cfg, "images")  # pylint: disable=protected-access
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  text = run.lower(variables["params"], images, jax.random.key(0)).as_text()
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The lowered programs (no debug info) before the repetition controls existed.
+LOWERED_BEFORE = {
+    "greedy": "b0d552882808cf7a1a3698e9727c98720bf228602bf2a6405d78be8841c660e4",
+    "beam": "93dfa24657aca74258f9fbca6c7c80e0ea648b146b84fe4f0514fca997025bc2",
+    "sample": "f4b57766d075aaba3f3f6f516f00b965c70f9a67da62c4504299ce3b1ea0948e",
+}
+
+
+@pytest.mark.parametrize("strategy", decode.STRATEGIES)
+def test_controls_off_lower_to_the_same_program(strategy):
+  assert _lowered_sha256(strategy) == LOWERED_BEFORE[strategy]
+  assert _lowered_sha256(strategy, repetition_penalty=1.2) != LOWERED_BEFORE[strategy]
+
+
 # --- settings at their extremes ------------------------------------------------------------
 
 @pytest.mark.parametrize("temperature", [1e-6, 1e-30, 1e-300, 5e-324])
@@ -385,6 +466,10 @@ REFUSED = [
     (dict(strategy="greedy", top_p=0.9), "top_p=0.9 is read by strategy='sample'"),
     (dict(strategy="sample", length_penalty=2.0), "length_penalty=2.0 is read by strategy='beam'"),
     (dict(strategy="greedy", early_stopping=True), "early_stopping=True is read by"),
+    (dict(repetition_penalty=0.0), "repetition_penalty=0.0: need 0 < repetition_penalty"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty=nan: need 0 <"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size=-1: need >= 0"),
+    (dict(no_repeat_ngram_size=1.5), "no_repeat_ngram_size=1.5: an integer"),
 ]
 
 
@@ -456,6 +541,25 @@ def test_greedy_equals_open_clip(small_open_clip):
   ends = [list(row).index(EOT) if EOT in row else list(row[1:]).index(0) + 1 for row in expected]
   assert len(set(ends)) >= 3, expected  # captions of several lengths
   assert any(0 in row[1:e + 1] for row, e in zip(expected, ends)), expected  # a pad stop
+
+
+@pytest.mark.parametrize("penalty", [1.5, 0.8])
+def test_repetition_penalty_equals_open_clip(small_open_clip, penalty):
+  """open_clip 3.3.0's generate(repetition_penalty=...): greedy (top_k=1) and beam search."""
+  model, params, images = small_open_clip
+  nhwc = jnp.asarray(images.transpose(0, 2, 3, 1))
+  expected = open_clip_generate(model, images, generation_type="top_k", top_k=1,
+                                repetition_penalty=penalty)
+  got = decode.generate(SMALL_CONFIG, params, nhwc, oc_config(repetition_penalty=penalty))
+  np.testing.assert_array_equal(got.tokens, expected)
+  assert not np.array_equal(expected, open_clip_generate(model, images,
+                                                         generation_type="top_k", top_k=1))
+  expected = open_clip_generate(model, images, generation_type="beam_search", num_beams=4,
+                                num_beam_groups=1, repetition_penalty=penalty)
+  got = decode.generate(SMALL_CONFIG, params, nhwc, oc_config(
+      strategy="beam", num_beams=4, beam_score="logit", force_end=False,
+      repetition_penalty=penalty))
+  np.testing.assert_array_equal(got.tokens, expected)
 
 
 @pytest.mark.parametrize("scan", [False, True])

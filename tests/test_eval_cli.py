@@ -129,3 +129,18 @@ def test_two_processes_count_every_example_once_and_agree_with_one(tmp_path, par
   assert "captioning" in single
   picture = Image.open(tmp_path / "two0" / "retrieval_examples.png")  # top-5 of 4 queries
   assert picture.width > 5 * 128 and picture.height >= 4 * 128
+
+
+def test_decoding_flags_reach_the_caption_evaluator(tmp_path, params_dir):
+  out = finish(run_eval(f"--checkpoint={params_dir}", "--evals=captioning",
+                        "--dataset=coca_shapes:validation[:8]", "--num_captions=8",
+                        "--strategy=beam", "--num_beams=2", "--repetition_penalty=1.4",
+                        "--no_repeat_ngram_size=2", f"--output={tmp_path / 'out'}"))
+  assert "captions/" in out
+  results = json.loads((tmp_path / "out" / "results.json").read_text())
+  generated = [pair[0] for pair in results["results"]["captions/examples"]]
+  assert generated
+  for caption in generated:
+    words = caption.split()
+    pairs = list(zip(words, words[1:]))
+    assert len(pairs) == len(set(pairs)), caption

@@ -66,6 +66,7 @@ def test_infer_command_line(tmp_path, saved):
              f"--checkpoint={directory}", f"--dataset={SPLIT}",
              "--outputs=text_embeddings,captions", f"--texts={tmp_path / 'texts.txt'}",
              "--strategy=beam", "--num_beams=2", "--batch_size=8",
+             "--repetition_penalty=1.3", "--no_repeat_ngram_size=2",
              f"--output={tmp_path / 'out'}"]
   result = subprocess.run(command, env=subprocess_env(2), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
@@ -75,6 +76,10 @@ def test_infer_command_line(tmp_path, saved):
   assert manifest["files"]["captions.jsonl"] == 21
   assert len((tmp_path / "out" / "captions.jsonl").read_text().splitlines()) == 21
   assert "infer: images: 21/21" in result.stdout
+  for line in (tmp_path / "out" / "captions.jsonl").read_text().splitlines():
+    words = json.loads(line)["caption"].split()
+    pairs = list(zip(words, words[1:]))
+    assert len(pairs) == len(set(pairs)), words  # no repeated bigram of tokens (and words)
 
 
 def test_infer_on_numbered_folders_takes_the_class_names(tmp_path, saved):

@@ -21,13 +21,19 @@ NUM_EXAMPLES_SHOWN = 8  # (generated, reference) pairs in the results
 GALLERY_FILE = "caption_gallery.png"
 
 
-def generation_config(config, tokenizer, strategy: str = "greedy", **overrides):
+def generation_config(config, tokenizer, strategy: Optional[str] = None, **overrides):
   """Caption generation settings from `config.evals`: the longest caption is the training text
   length (start and end tokens included) unless `max_caption_length` says otherwise; the model
-  decides when to stop (no minimum length) unless `caption_min_length` is set."""
+  decides when to stop (no minimum length) unless `caption_min_length` is set; any other
+  `decode.GenerationConfig` field (strategy, beams, sampling, repetition controls) comes from
+  `config.evals.generation`, then from the arguments."""
   ev = config.evals
+  configured = ev.get("generation", None) or {}
+  configured = dict(configured.to_dict() if hasattr(configured, "to_dict") else configured)
+  strategy = strategy or configured.pop("strategy", "greedy")
+  configured.pop("strategy", None)
   settings = {"max_len": int(ev.get("max_caption_length", 0) or config.data.text_length),
-              "min_len": int(ev.get("caption_min_length", 0)), **overrides}
+              "min_len": int(ev.get("caption_min_length", 0)), **configured, **overrides}
   return decode.GenerationConfig.for_tokenizer(tokenizer, strategy=strategy, **settings)
 
 
@@ -55,6 +61,12 @@ class CaptionEvaluator:
     self._iter = None
     self.captions: List[Dict[str, Any]] = []  # the last run's captions, one dict per example
 
+  def _rng(self, batch: int):
+    """Sampling's key for one batch (fixed, so a checkpoint's captions are reproducible)."""
+    if self.generation.strategy != "sample":
+      return None
+    return jax.random.fold_in(jax.random.key(0), batch)
+
   def _iterator(self):
     if self._iter is None:
       probe = common.eval_iterator(self.config, self.tokenizer, common.batch_unit(self.mesh),
@@ -80,7 +92,8 @@ class CaptionEvaluator:
         break
       g = sharding.global_batch({key: batch[key] for key in ("images", "index", "mask")},
                                 self.mesh)
-      tokens = decode.generate(self.model, params, g["images"], self.generation).tokens
+      tokens = decode.generate(self.model, params, g["images"], self.generation,
+                               rng=self._rng(k)).tokens
       host = common.gather({"tokens": tokens, "index": g["index"], "mask": g["mask"]},
                            self.mesh)
       for row, index, valid in zip(host["tokens"], host["index"], host["mask"]):
@@ -128,7 +141,8 @@ class CaptionEvaluator:
     rows = common.batch_unit(self.mesh) // jax.process_count()
     local = np.zeros((rows,) + tuple(shape[1:]), np.float32)
     tokens = decode.generate_from_image_tokens(
-        self.model, params, sharding.global_batch(local, self.mesh), self.generation).tokens
+        self.model, params, sharding.global_batch(local, self.mesh), self.generation,
+        rng=self._rng(-1)).tokens
     return self.tokenizer.decode(common.gather(tokens, self.mesh)[0])
 
   def _write_gallery(self, source, workdir, writer, step):
