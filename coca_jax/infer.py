@@ -9,7 +9,8 @@ writes into DIR (process 0):
   text_embeddings.npy    float32 (T, embed_dim), one row per line of texts.jsonl
   texts.jsonl            {"row", "text", "image"}: every caption of the split (image = its
                          example), or the lines of --texts
-  captions.jsonl         {"index", "caption", "references"}, in split order
+  captions.jsonl         {"index", "caption", "references", "clip_s", "log_likelihood",
+                         "ref_clip_s" (with references)}, in split order
   manifest.json          what was written, the checkpoint, counts and timings
 Datasets as in eval.py ("" = config.data.eval; "folder:PATH" = a folder of images per class).
 Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature,
@@ -75,7 +76,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
   import numpy as np
   from etils import epath
   from coca_jax import decode, distributed, sharding
-  from coca_jax.evals import common, evaluate, zero_shot
+  from coca_jax.evals import caption_scores, common, evaluate, zero_shot
   from coca_jax.evals.captions import generation_config
   # pylint: enable=import-outside-toplevel
   unknown = set(outputs) - set(OUTPUTS)
@@ -114,6 +115,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
       encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_image")[0])
       if "captions" in outputs and main:
         captions_file = (out / "captions.jsonl").open("w")
+      scorer = caption_scores.CaptionScorer(model, mesh, tokenizer, config.data.text_length)
       progress = common.Progress("infer: images", it.num_examples)
       for k, batch in enumerate(it):
         g = sharding.global_batch({key: batch[key] for key in ("images", "index", "mask")},
@@ -134,12 +136,17 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
                              (it.num_examples, host["embed"].shape[-1]), main)
           if main:
             embeds[index] = host["embed"][order][valid]
+        if "tokens" in host:
+          texts = [tokenizer.decode(row) for row in host["tokens"]]
+          references = [common.clean_captions(it.source[int(i)]["captions"]) if m else []
+                        for i, m in zip(host["index"], host["mask"])]
+          scores = scorer.score(params, g["images"], texts, references)
         if captions_file is not None:
-          for i, row in zip(index, host["tokens"][order][valid]):
-            record = it.source[int(i)]
+          for j in order[valid]:
             captions_file.write(json.dumps({
-                "index": int(i), "caption": tokenizer.decode(row),
-                "references": common.clean_captions(record["captions"])}) + "\n")
+                "index": int(host["index"][j]), "caption": texts[j],
+                "references": references[j],
+                **{name: float(values[j]) for name, values in scores.items()}}) + "\n")
         progress.update(int(valid.sum()))
       if embeds is not None:
         embeds.flush()

@@ -56,6 +56,8 @@ def test_infer_writes_every_example_in_split_order(tmp_path, saved):
   captions = [json.loads(x) for x in (tmp_path / "captions.jsonl").read_text().splitlines()]
   assert [c["index"] for c in captions] == list(range(21))
   assert all(len(c["references"]) == 4 for c in captions)
+  for c in captions:  # reference-free scores beside each caption (caption_scores.py)
+    assert 0 <= c["clip_s"] <= 2.5 and 0 <= c["ref_clip_s"] <= 2.5 and c["log_likelihood"] < 0
 
 
 def test_infer_command_line(tmp_path, saved):

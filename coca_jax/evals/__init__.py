@@ -26,6 +26,7 @@ below):
   retrieval_captions_per_image   0: all of them (COCO's usual protocol takes 5)
   retrieval_pictures             text queries in the retrieval picture
   generative_class_chunk         classes scored together by generative zero-shot
+  caption_scores                 CLIP-S, RefCLIP-S and log-likelihood of generated captions
   generation                     caption decoding: any decode.GenerationConfig field
                                  (strategy, num_beams, top_k, top_p, temperature,
                                  repetition_penalty, no_repeat_ngram_size, ...)
@@ -38,7 +39,7 @@ DEFAULTS = dict(zeroshot=False, val_loss=False, captions=False, retrieval=False,
                 datasets=dict(zeroshot="", retrieval="", captions=""), text_key="",
                 label_key="", class_names="", zeroshot_templates="", text_batch_size=256,
                 retrieval_captions_per_image=0, retrieval_pictures=4,
-                generative_class_chunk=8, generation={})
+                generative_class_chunk=8, generation={}, caption_scores=True)
 
 
 def option(config, name: str):

@@ -15,7 +15,7 @@ import numpy as np
 
 from coca_jax import decode, sharding
 from coca_jax.data import records, shapes
-from coca_jax.evals import caption_metrics, common, pictures
+from coca_jax.evals import caption_metrics, caption_scores, common, pictures
 
 NUM_EXAMPLES_SHOWN = 8  # (generated, reference) pairs in the results
 GALLERY_FILE = "caption_gallery.png"
@@ -42,7 +42,9 @@ class CaptionEvaluator:
 
   `run_final(params, workdir=None, writer=None, step=None)` returns `{prefix}/cider`,
   `{prefix}/bleu4` (when the dataset has captions), `{prefix}/attribute_score` and
-  `{prefix}/blank_image_attribute_score` (coca_shapes), `{prefix}/num_examples` and
+  `{prefix}/blank_image_attribute_score` (coca_shapes), `{prefix}/clip_s`,
+  `{prefix}/ref_clip_s` (with references) and `{prefix}/log_likelihood` (means over the
+  captions; config.evals.caption_scores, on by default), `{prefix}/num_examples` and
   `{prefix}/examples` ((generated, reference) pairs); it writes the gallery PNG into `workdir`
   and to TensorBoard through `writer` when they are given.
   """
@@ -59,6 +61,7 @@ class CaptionEvaluator:
     self.batch_size = int(ev.batch_size)
     self.generation = generation or generation_config(config, tokenizer)
     self._iter = None
+    self._scorer = None
     self.captions: List[Dict[str, Any]] = []  # the last run's captions, one dict per example
 
   def _rng(self, batch: int):
@@ -87,6 +90,7 @@ class CaptionEvaluator:
     batches = math.ceil(n / self.global_batch)
     progress = common.Progress(f"{self.prefix}: captioning", n)
     rows: Dict[int, str] = {}
+    scores: Dict[str, Dict[int, float]] = {}
     for k, batch in enumerate(it):
       if k >= batches:
         break
@@ -96,11 +100,33 @@ class CaptionEvaluator:
                                rng=self._rng(k)).tokens
       host = common.gather({"tokens": tokens, "index": g["index"], "mask": g["mask"]},
                            self.mesh)
-      for row, index, valid in zip(host["tokens"], host["index"], host["mask"]):
+      texts = [self.tokenizer.decode(row) for row in host["tokens"]]
+      batch_scores = self._caption_scores(params, g["images"], texts, host, it.source)
+      for j, (index, valid) in enumerate(zip(host["index"], host["mask"])):
         if valid and index < n:
-          rows[int(index)] = self.tokenizer.decode(row)
+          rows[int(index)] = texts[j]
+          for name, values in batch_scores.items():
+            scores.setdefault(name, {})[int(index)] = float(values[j])
       progress.update(int(np.sum(host["mask"] & (host["index"] < n))))
-    return self._score(params, it.source, rows, workdir, writer, step)
+    results = self._score(params, it.source, rows, workdir, writer, step)
+    for name, values in scores.items():
+      results[f"{self.prefix}/{name}"] = float(np.mean(list(values.values())))
+      for c in self.captions:
+        c[name] = values.get(c["index"])
+    return results
+
+  def _caption_scores(self, params, images, texts, host, source):
+    """CLIP-S, RefCLIP-S (when the records have captions) and log-likelihood of a batch's
+    generated captions (caption_scores.py), or nothing when config.evals.caption_scores is
+    off."""
+    if not self.config.evals.get("caption_scores", True):
+      return {}
+    if self._scorer is None:
+      self._scorer = caption_scores.CaptionScorer(self.model, self.mesh, self.tokenizer,
+                                                  self.config.data.text_length)
+    references = [common.clean_captions(source[int(i)]["captions"]) if valid else []
+                  for i, valid in zip(host["index"], host["mask"])]
+    return self._scorer.score(params, images, texts, references)
 
   def _score(self, params, source, rows, workdir, writer, step) -> Dict[str, Any]:
     p = self.prefix
