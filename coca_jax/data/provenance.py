@@ -9,6 +9,7 @@ the dataset again. Image files that a CSV or JSONL names are not described (a co
 hold millions): change the table, or prepare again, when they change.
 """
 import json
+import os
 from typing import Dict, Iterable, List, Optional
 
 from absl import logging
@@ -31,13 +32,18 @@ DOCUMENTED_SPLITS = {
 
 
 def describe(paths: Iterable) -> Dict[str, Dict]:
-  """{path: {"size": bytes, "mtime": seconds}} of each file ({"missing": True} if absent)."""
+  """{path: {"size": bytes, "mtime": seconds since the epoch}} of each file ({"missing": True}
+  if absent)."""
   out = {}
   for path in paths:
     path = epath.Path(path)
     try:
-      stat = path.stat()
-      out[str(path)] = {"size": int(stat.length), "mtime": int(stat.mtime)}
+      if "://" in str(path):
+        stat = path.stat()
+        out[str(path)] = {"size": int(stat.length), "mtime": int(stat.mtime)}
+      else:  # nanoseconds: an archive rewritten within a second, at the same padded size
+        stat = os.stat(path)
+        out[str(path)] = {"size": int(stat.st_size), "mtime": stat.st_mtime_ns / 1e9}
     except (FileNotFoundError, OSError):
       out[str(path)] = {"missing": True}
   return out
