@@ -1,7 +1,11 @@
 """Evaluates a saved CoCa model:
 
-  python eval.py --config=configs/NAME.py --checkpoint=PATH \
+  python eval.py --checkpoint=PATH [--config=configs/NAME.py] \
       --evals=zeroshot,retrieval,captioning [--dataset=NAME[:SPLIT]] [--output=DIR]
+
+Without --config, a workdir or checkpoint step is evaluated with its workdir's config.json, an
+export with the input settings and tokenizer saved with it (older exports and converted
+open_clip models: OpenAI's normalisation and CLIP's tokenizer, said when used).
 
 PATH: a training workdir (its latest checkpoint), one checkpoint step (WORKDIR/checkpoints/N),
 an export, or a converted open_clip model. Evaluations (comma separated):
@@ -25,7 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file (model data fields, mesh, evals).",
+config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh, evals); "
+                                "default: the checkpoint's own (workdir config.json, or the "
+                                "settings saved with an export).",
                                 lock_config=False)
 flags.DEFINE_string("checkpoint", None, "Workdir, checkpoint step, export or converted model.")
 flags.DEFINE_list("evals", ["zeroshot", "retrieval", "captioning"], "Evaluations to run.")
@@ -50,7 +56,7 @@ flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 flags.DEFINE_float("repetition_penalty", 1.0, "Seen tokens' scores / this (x this if < 0).")
 flags.DEFINE_integer("no_repeat_ngram_size", 0, "No n-gram of this size twice (0: off).")
 flags.DEFINE_string("output", None, "Directory for results.json, captions and pictures.")
-flags.mark_flags_as_required(["config", "checkpoint"])
+flags.mark_flags_as_required(["checkpoint"])
 
 EVALS = {"zeroshot": "zeroshot", "zeroshot_generative": "generative_zeroshot",
          "generative_zeroshot": "generative_zeroshot", "retrieval": "retrieval",
@@ -109,7 +115,10 @@ def main(argv):
   from coca_jax.evals import evaluate  # noqa: E402
   # pylint: enable=import-outside-toplevel
   f = flags.FLAGS
-  config = configure(f.config, f)
+  from coca_jax import train_config  # noqa: E402  pylint: disable=import-outside-toplevel
+  # Without --config: the workdir's own config, or the settings saved with an export.
+  config = f.config if f.config is not None else train_config.from_checkpoint(f.checkpoint)
+  config = configure(config, f)
   evaluate.evaluate(config, f.checkpoint, f.output, manual_dir=f.manual_dir)
 
 

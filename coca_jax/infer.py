@@ -29,7 +29,8 @@ from ml_collections import config_flags  # noqa: E402
 
 OUTPUTS = ("image_embeddings", "text_embeddings", "captions")
 
-config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh).",
+config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh); default: "
+                                "the checkpoint's own.",
                                 lock_config=False)
 flags.DEFINE_string("checkpoint", None, "Workdir, checkpoint step, export or converted model.")
 flags.DEFINE_string("dataset", "", "NAME[:SPLIT], folder:PATH[:SPLIT], or '' (data.eval).")
@@ -51,7 +52,7 @@ flags.DEFINE_integer("no_repeat_ngram_size", 0, "No n-gram of this size twice (0
 flags.DEFINE_integer("max_len", 0, "Longest caption in tokens (0: config.data.text_length).")
 flags.DEFINE_integer("min_len", 0, "No end token before this many tokens.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.mark_flags_as_required(["config", "checkpoint", "output"])
+flags.mark_flags_as_required(["checkpoint", "output"])
 
 
 def _writer(path, shape, main: bool):
@@ -212,7 +213,9 @@ def main(argv):
   # pylint: enable=import-outside-toplevel
   hide_accelerators_from_tensorflow()
   f = flags.FLAGS
-  config = f.config
+  from coca_jax import train_config  # pylint: disable=import-outside-toplevel
+  # Without --config: the workdir's own config, or the settings saved with an export.
+  config = f.config if f.config is not None else train_config.from_checkpoint(f.checkpoint)
   with config.unlocked():
     if f.data_dir is not None:
       config.data.data_dir = f.data_dir

@@ -5,6 +5,8 @@
   DIR/model_config.json  the ModelConfig, so a loader needs nothing but DIR
   DIR/tokenizer.json     optional: the tokenizer's spec, next to its file (a SentencePiece
                          .model or CLIP's BPE vocabulary), so that captions decode anywhere
+  DIR/data_config.json   optional: how inputs were prepared in training (normalization or
+                         mean / std, image_size, text_length), so that evaluation needs no config
 
 Written by weight converters (`coca_jax.convert`) and read by anything that needs weights
 without optimizer state. The config travels with the weights because the params alone do not
@@ -25,14 +27,16 @@ from coca_jax.model.config import ModelConfig, from_dict
 PARAMS = "params"
 MODEL_CONFIG = "model_config.json"
 TOKENIZER = "tokenizer.json"
+DATA_CONFIG = "data_config.json"
+DATA_FIELDS = ("normalization", "mean", "std", "image_size", "text_length")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
 def save(directory: str, params: Any, model_config, *, tokenizer: Any = None,
-         dtype: str = "float32") -> None:
+         dtype: str = "float32", data: Optional[dict] = None) -> None:
   """Writes params (cast to `dtype`: float32 or bfloat16), the validated model config and,
-  when given (a Tokenizer or a `coca_jax.tokenizers.load` spec), the tokenizer under
-  `directory`."""
+  when given (a Tokenizer or a `coca_jax.tokenizers.load` spec), the tokenizer and `data`
+  (the training config's input fields, DATA_FIELDS) under `directory`."""
   directory = os.path.abspath(directory)  # Orbax wants absolute paths
   cfg = from_dict(model_config)
   if dtype not in DTYPES:
@@ -46,6 +50,18 @@ def save(directory: str, params: Any, model_config, *, tokenizer: Any = None,
   if tokenizer is not None:
     from coca_jax import tokenizers  # pylint: disable=g-import-not-at-top
     tokenizers.load(tokenizer).save(directory)  # its file, and tokenizer.json naming it
+  if data is not None:
+    with open(os.path.join(directory, DATA_CONFIG), "w") as f:
+      json.dump({k: data[k] for k in DATA_FIELDS if data.get(k) is not None}, f, indent=2)
+
+
+def load_data_config(directory: str) -> Optional[dict]:
+  """The input fields saved with the params (see DATA_CONFIG), or None."""
+  path = os.path.join(directory, DATA_CONFIG)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def load_model_config(directory: str) -> ModelConfig:

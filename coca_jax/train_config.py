@@ -80,6 +80,54 @@ def _source_model_config(path) -> Dict[str, Any]:
   return json.loads((workdir / "config.json").read_text())["model"]
 
 
+def from_checkpoint(path) -> ml_collections.ConfigDict:
+  """The config to evaluate or run inference on a checkpoint given without a config file.
+
+  A training workdir, or one of its checkpoint steps: the workdir's config.json, as trained.
+  A params directory (an export or a converted open_clip model): the base config with its model
+  config, its tokenizer and the input fields saved with it (data_config.json); what is missing
+  falls back to OpenAI's normalisation constants and CLIP's tokenizer, with a printed note.
+  Raises FileNotFoundError for a path that is none of these.
+  """
+  from coca_jax import params_checkpoint  # pylint: disable=import-outside-toplevel
+  path = epath.Path(path)
+  if (path / params_checkpoint.MODEL_CONFIG).exists():
+    config = base_config()
+    config.model = json.loads((path / params_checkpoint.MODEL_CONFIG).read_text())
+    data = params_checkpoint.load_data_config(str(path)) or {}
+    notes = []
+    if (path / params_checkpoint.TOKENIZER).exists():
+      config.data.tokenizer = str(path)
+    else:
+      config.data.tokenizer = "clip_bpe"
+      notes.append("no tokenizer saved with it: CLIP's BPE")
+    if not data:
+      notes.append("no input settings saved with it: OpenAI's normalisation, the model's "
+                   "image size and text length")
+    for key in ("normalization", "image_size", "text_length"):
+      if key in data:
+        config.data[key] = data[key]
+    if data.get("mean") is not None:
+      config.data.mean, config.data.std = tuple(data["mean"]), tuple(data["std"])
+    if "image_size" not in data:
+      config.data.image_size = 0
+    if "text_length" not in data:
+      config.data.text_length = 0
+    config.data.train = dict(name="coca_shapes", split="train")
+    config.data.eval = dict(name="coca_shapes", split="validation")
+    if notes:
+      print(f"{path}: " + "; ".join(notes) + " (pass --config to choose)", flush=True)
+    return sizes_from_model(config)
+  workdir = path if (path / "checkpoints").exists() else path.parent.parent
+  if (path / "state").exists() and (workdir / "config.json").exists():
+    pass
+  elif not (workdir / "config.json").exists():
+    raise FileNotFoundError(f"{path} is neither a training workdir (config.json and "
+                            "checkpoints/), a checkpoint step, nor a params directory "
+                            "(model_config.json): pass --config")
+  return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+
+
 def model_from_init(config):
   """config.model "init_from": the model config of the checkpoint config.init_from names."""
   if not isinstance(config.get("model"), str):

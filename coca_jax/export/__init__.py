@@ -6,7 +6,9 @@
   model, params, tokenizer = coca_jax.load(DIR)   # needs DIR and coca_jax, nothing else
 
 DIR is a params-only checkpoint (`coca_jax.params_checkpoint`): params/ (Orbax), the model
-config, and the tokenizer (tokenizer.json next to its SentencePiece model or CLIP BPE vocabulary).
+config, the tokenizer (tokenizer.json next to its SentencePiece model or CLIP BPE vocabulary)
+and how inputs were prepared in training (data_config.json: normalisation, image size, text
+length), so that `eval.py` and `coca_jax.infer` need no config for it.
 A model in open_clip's layout (the `openclip_*` configs) also gets open_clip_model.safetensors and
 open_clip_config.json, which open_clip reads back:
 
@@ -46,18 +48,34 @@ def default_tokenizer(path: str, cfg) -> Optional[Any]:
   if tokenizer is not None:
     return tokenizer
   # A workdir holds config.json; a checkpoint step is WORKDIR/checkpoints/<step>.
+  spec = (_workdir_config(path) or {}).get("data", {}).get("tokenizer")
+  if spec:
+    return spec
+  if cfg.text.vocab_size == CLIP_VOCAB_SIZE:
+    return "clip_bpe"
+  return None
+
+
+def _workdir_config(path: str) -> Optional[Dict[str, Any]]:
+  """The config.json of a training workdir or of the workdir of a checkpoint step, or None."""
   config_file = os.path.join(path, "config.json")
   parent = os.path.dirname(os.path.abspath(path))
   if os.path.basename(parent) == "checkpoints":
     config_file = os.path.join(os.path.dirname(parent), "config.json")
-  if os.path.exists(config_file):
-    with open(config_file) as f:
-      spec = json.load(f).get("data", {}).get("tokenizer")
-    if spec:
-      return spec
-  if cfg.text.vocab_size == CLIP_VOCAB_SIZE:
-    return "clip_bpe"
-  return None
+  if not os.path.exists(config_file):
+    return None
+  with open(config_file) as f:
+    return json.load(f)
+
+
+def training_data_config(path: str) -> Optional[Dict[str, Any]]:
+  """The input fields (normalisation, image size, text length) a checkpoint was trained with:
+  saved with a params directory, or its workdir's config.json; None when unknown."""
+  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(path, params_checkpoint.MODEL_CONFIG)):
+    return params_checkpoint.load_data_config(path)
+  config = _workdir_config(path)
+  return dict(config["data"]) if config and "data" in config else None
 
 
 def _mlp_ratio(mlp_dim: int, width: int) -> float:
@@ -117,7 +135,8 @@ def export(checkpoint: str, output: str, dtype: str = "float32",
   params, cfg = load_params(checkpoint)
   if tokenizer == "auto":
     tokenizer = default_tokenizer(checkpoint, cfg)
-  params_checkpoint.save(output, params, cfg, tokenizer=tokenizer, dtype=dtype)
+  params_checkpoint.save(output, params, cfg, tokenizer=tokenizer, dtype=dtype,
+                         data=training_data_config(checkpoint))
   written = {"output": os.path.abspath(output), "dtype": dtype,
              "params": int(sum(np.size(x) for x in _leaves(params))), "tokenizer": None}
   if os.path.exists(os.path.join(output, params_checkpoint.TOKENIZER)):
