@@ -111,6 +111,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=import-outside-toplevel
   from coca_jax.data.pipeline import hide_accelerators_from_tensorflow  # noqa: E402
+  from coca_jax.platforms import skip_absent_tpu  # noqa: E402
+  skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
   hide_accelerators_from_tensorflow()
   from coca_jax.evals import evaluate  # noqa: E402
   # pylint: enable=import-outside-toplevel

@@ -9,7 +9,9 @@ A params-only directory (coca_jax.params_checkpoint) holds params/ and model_con
 Loading params needs neither TensorFlow nor Grain (they are imported only to save or restore a
 training run's data iterator).
 """
+import contextlib
 import json
+import logging as py_logging
 from typing import Any, List, Optional, Tuple
 
 from absl import logging
@@ -60,6 +62,24 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter
   return None, None
 
 
+class _DropMissingMetadata(py_logging.Filter):
+  """Orbax warns "Metadata file does not exist" when one item of a checkpoint step is read on
+  its own: the step's metadata sits a level up. Nothing is wrong and nothing can be done."""
+
+  def filter(self, record):
+    return "Metadata file does not exist" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_missing_metadata_warning():
+  logger, dropper = py_logging.getLogger("absl"), _DropMissingMetadata()
+  logger.addFilter(dropper)
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropper)
+
+
 def _latest_state_dir(checkpoints: epath.Path) -> epath.Path:
   steps = sorted((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()),
                  reverse=True)
@@ -85,7 +105,8 @@ def load_params(path) -> Tuple[Any, Any]:
     raise FileNotFoundError(f"{path} is neither a params directory (model_config.json), a "
                             "training workdir (checkpoints/) nor a checkpoint step (state/)")
   config = json.loads((workdir / "config.json").read_text())
-  metadata = ocp.StandardCheckpointer().metadata(state_dir)
+  with _without_missing_metadata_warning():
+    metadata = ocp.StandardCheckpointer().metadata(state_dir)
   tree = getattr(metadata, "item_metadata", metadata)
   tree = getattr(tree, "tree", tree)
   target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(tree)["params"])

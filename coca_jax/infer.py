@@ -210,7 +210,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=import-outside-toplevel
   from coca_jax.data.pipeline import hide_accelerators_from_tensorflow
+  from coca_jax.platforms import skip_absent_tpu
   # pylint: enable=import-outside-toplevel
+  skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
   hide_accelerators_from_tensorflow()
   f = flags.FLAGS
   from coca_jax import train_config  # pylint: disable=import-outside-toplevel

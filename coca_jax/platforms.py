@@ -1,0 +1,40 @@
+"""Which JAX platforms a command starts: no TPU probe on a machine without TPU chips.
+
+With the `tpu` extra (libtpu, used here as an ahead-of-time compiler) installed on a machine
+that has no TPU, JAX's start-up probe of the TPU backend prints libtpu errors ("could not
+determine TPU accelerator type", "unexpected worker hostname") that the user can do nothing
+about. `skip_absent_tpu()` leaves the TPU out when the machine has no TPU device files; an
+explicit JAX_PLATFORMS is always respected.
+"""
+import glob
+import importlib.util
+import os
+
+# Device files through which libtpu reaches TPU chips (TPU VMs: /dev/accel*, v5e and later
+# also /dev/vfio/*).
+TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")
+GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+               "jax_rocm7_plugin")
+
+
+def has_tpu_devices() -> bool:
+  return any(glob.glob(pattern) for pattern in TPU_DEVICE_FILES)
+
+
+def platforms_without_tpu() -> str:
+  """"cuda,cpu" / "rocm,cpu" when a GPU plugin is installed, else "cpu"."""
+  for plugin in GPU_PLUGINS:
+    if importlib.util.find_spec(plugin) is not None:
+      return ("rocm" if "rocm" in plugin else "cuda") + ",cpu"
+  return "cpu"
+
+
+def skip_absent_tpu() -> None:
+  """Call before JAX's first use of a device. Nothing when JAX_PLATFORMS is set, when libtpu is
+  not installed, or when TPU chips are present."""
+  if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+    return
+  if has_tpu_devices():
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_platforms", platforms_without_tpu())
