@@ -9,10 +9,13 @@ writes into DIR (process 0):
   text_embeddings.npy    float32 (T, embed_dim), one row per line of texts.jsonl
   texts.jsonl            {"row", "text", "image"}: every caption of the split (image = its
                          example), or the lines of --texts
-  captions.jsonl         {"index", "caption", "references", "clip_s", "log_likelihood",
-                         "ref_clip_s" (with references)}, in split order
+  captions.jsonl         {"index", "path" (image files), "caption", "references", "clip_s",
+                         "log_likelihood", "ref_clip_s" (with references)}, in split order
+  paths.txt              image files and folders: row i's file (the rows of every output)
+  unreadable.txt         the images that could not be read (also counted in manifest.json)
   manifest.json          what was written, the checkpoint, counts and timings
-Datasets as in eval.py ("" = config.data.eval; "folder:PATH" = a folder of images per class).
+Datasets as in eval.py ("" = config.data.eval; "folder:PATH" = a folder of images per class),
+and "images:PATH": any pile of images, a folder, a glob or a text file listing paths.
 Captions: --strategy=greedy|beam|sample with --num_beams, --top_k, --top_p, --temperature,
 --repetition_penalty, --no_repeat_ngram_size.
 Rows are written as batches finish, so the whole set never sits in memory.
@@ -33,7 +36,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh)
                                 "the checkpoint's own.",
                                 lock_config=False)
 flags.DEFINE_string("checkpoint", None, "Workdir, checkpoint step, export or converted model.")
-flags.DEFINE_string("dataset", "", "NAME[:SPLIT], folder:PATH[:SPLIT], or '' (data.eval).")
+flags.DEFINE_string("dataset", "", "NAME[:SPLIT], folder:PATH[:SPLIT], images:PATH (a folder, "
+                    "glob or list file of images), or '' (data.eval).")
 flags.DEFINE_string("class_names", None, "Image folders' class names: imagenet, or a file "
                     "(one per line, or JSON {folder: name}); default: found from the folders.")
 flags.DEFINE_list("outputs", ["image_embeddings"], f"Any of {OUTPUTS}.")
@@ -118,6 +122,8 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
         captions_file = (out / "captions.jsonl").open("w")
       scorer = caption_scores.CaptionScorer(model, mesh, tokenizer, config.data.text_length)
       progress = common.Progress("infer: images", it.num_examples)
+      paths = getattr(it.source, "paths", None) or getattr(it.source, "files", None)
+      seen = np.zeros(it.num_examples, bool)
       for k, batch in enumerate(it):
         g = sharding.global_batch({key: batch[key] for key in ("images", "index", "mask")},
                                   mesh)
@@ -131,6 +137,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
         order = np.argsort(host["index"])
         valid = host["mask"][order]
         index = host["index"][order][valid]
+        seen[index] = True
         if "embed" in host:
           if embeds is None:
             embeds = _writer(out / "image_embeddings.npy",
@@ -145,13 +152,27 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
         if captions_file is not None:
           for j in order[valid]:
             captions_file.write(json.dumps({
-                "index": int(host["index"][j]), "caption": texts[j],
+                "index": int(host["index"][j]),
+                **({"path": str(paths[int(host["index"][j])])} if paths else {}),
+                "caption": texts[j],
                 "references": references[j],
                 **{name: float(values[j]) for name, values in scores.items()}}) + "\n")
         progress.update(int(valid.sum()))
       if embeds is not None:
         embeds.flush()
         manifest["files"]["image_embeddings.npy"] = list(embeds.shape)
+      if paths and main:  # row i of every output is image i
+        (out / "paths.txt").write_text("".join(f"{p}\n" for p in paths))
+        manifest["files"]["paths.txt"] = len(paths)
+      unreadable = np.flatnonzero(~seen)
+      manifest["unreadable"] = int(len(unreadable))
+      manifest["bad_records"] = it.counts.as_dict()
+      if len(unreadable) and main:
+        (out / "unreadable.txt").write_text("".join(
+            f"{paths[i] if paths else i}\n" for i in unreadable))
+        manifest["files"]["unreadable.txt"] = int(len(unreadable))
+        print(f"infer: {len(unreadable)} image(s) could not be read, listed in "
+              f"{out / 'unreadable.txt'} ({manifest['bad_records']})", flush=True)
       if captions_file is not None:
         captions_file.close()
         manifest["files"]["captions.jsonl"] = it.num_examples

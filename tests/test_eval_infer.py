@@ -100,3 +100,48 @@ def test_infer_on_numbered_folders_takes_the_class_names(tmp_path, saved):
         ("text_embeddings",), batch_size=8)
   lines = [json.loads(x) for x in (tmp_path / "out" / "texts.jsonl").read_text().splitlines()]
   assert [x["text"] for x in lines] == [f"a photo of a thing {i}." for i in (1, 2, 10)]
+
+
+def test_infer_on_a_pile_of_images(tmp_path, saved):
+  """A flat folder, a glob and a list file: rows carry their file; an unreadable file is
+  listed and counted, and the run goes on."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from coca_jax.evals import image_files  # pylint: disable=g-import-not-at-top
+  directory, model, params = saved
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("b.jpg", "a.png", "c.jpeg"):
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(photos / name)
+  (photos / "broken.jpg").write_bytes(b"not an image")
+  (photos / "notes.txt").write_text("not a picture")
+  (photos / "sub").mkdir()
+  Image.new("RGB", (8, 8)).save(photos / "sub" / "deeper.png")
+  names = ["a.png", "b.jpg", "broken.jpg", "c.jpeg"]
+  assert image_files.list_images(str(photos)) == [str(photos / n) for n in names]
+  assert image_files.list_images(str(photos / "*.jp*g")) == [
+      str(photos / n) for n in ("b.jpg", "broken.jpg", "c.jpeg")]
+  (tmp_path / "list.txt").write_text("photos/c.jpeg\n\nphotos/missing.png\nphotos/a.png\n")
+  assert image_files.list_images(str(tmp_path / "list.txt")) == [
+      str(tmp_path / p) for p in ("photos/c.jpeg", "photos/missing.png", "photos/a.png")]
+
+  config = micro_config()
+  out = tmp_path / "out"
+  manifest = infer(config, str(directory), str(out), f"images:{photos}",
+                   ("image_embeddings", "captions"), batch_size=8)
+  assert manifest["examples"] == 4 and manifest["unreadable"] == 1
+  assert (out / "paths.txt").read_text().split() == [str(photos / n) for n in names]
+  assert (out / "unreadable.txt").read_text().split() == [str(photos / "broken.jpg")]
+  embeds = np.load(out / "image_embeddings.npy")
+  assert np.isnan(embeds[2]).all() and np.isfinite(np.delete(embeds, 2, 0)).all()
+  captions = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
+  assert [c["path"] for c in captions] == [str(photos / n) for n in names if n != "broken.jpg"]
+  assert all(isinstance(c["caption"], str) and c["references"] == [] for c in captions)
+  manifest = infer(config, str(directory), str(tmp_path / "listed"), f"images:{tmp_path / 'list.txt'}",
+                   ("image_embeddings",), batch_size=8)
+  assert manifest["unreadable"] == 1
+  assert (tmp_path / "listed" / "unreadable.txt").read_text().split() == [
+      str(tmp_path / "photos/missing.png")]
+  with pytest.raises(ValueError, match=r"no class sub-folders.*images:"):
+    infer(config, str(directory), str(tmp_path / "folder"), f"folder:{photos / 'sub'}",
+          ("image_embeddings",), batch_size=8)

@@ -59,7 +59,9 @@ class ExampleMaker:
     captions = record["captions"]
     order = rng.permutation(len(captions)) if rng is not None else range(len(captions))
     caption, error = None, records.BadRecord("caption_empty")
-    for i in order:
+    if not len(captions) and rng is None:  # images without text (inference): an empty text
+      caption = ""
+    for i in order if caption is None else ():
       try:
         caption = records.clean_caption(captions[i], self.max_caption_chars)
         break

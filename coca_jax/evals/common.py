@@ -46,7 +46,8 @@ def main_process() -> bool:
 
 def dataset_spec(config, dataset: Any = None) -> Any:
   """A dataset spec from a config value: "" / None -> `config.data.eval`; a dict -> as it is;
-  "name" or "name:split" -> a TFDS dataset; "folder:PATH[:split]" -> an image folder, whose
+  "name" or "name:split" -> a TFDS dataset; "images:PATH" -> a pile of images (a folder, a
+  glob or a list file; evals/image_files.py); "folder:PATH[:split]" -> an image folder, whose
   class names follow `config.evals.class_names` unless the spec gives its own."""
   if dataset is None or dataset == "":
     dataset = resolve_data(config.data)["eval"]
@@ -56,6 +57,8 @@ def dataset_spec(config, dataset: Any = None) -> Any:
     spec = dict(dataset)  # a copy: callers add fields
   else:
     name, _, split = str(dataset).partition(":")
+    if name == "images":
+      return {"format": "images", "path": split}
     if name != "folder":
       return {"name": name, "split": split or _default_split(name)}
     path, _, split = split.rpartition(":") if split.count(":") else (split, "", "")
@@ -113,6 +116,9 @@ def eval_iterator(config, tokenizer, batch_size: int, dataset=None):
   if spec.get("format") == "folder":
     from coca_jax.evals import folder  # pylint: disable=import-outside-toplevel
     return folder.build_eval_iterator(config.data, spec, batch_size, tokenizer)
+  if spec.get("format") == "images":
+    from coca_jax.evals import image_files  # pylint: disable=import-outside-toplevel
+    return image_files.build_eval_iterator(config.data, spec, batch_size, tokenizer)
   return data.build_eval_iterator(
       config.data, global_batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), tokenizer=tokenizer, dataset=spec)

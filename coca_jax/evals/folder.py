@@ -117,7 +117,8 @@ class FolderSource:
       raise FileNotFoundError(f"image folder {base!r} does not exist")
     classes = sort_classes([d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))])
     if not classes:
-      raise ValueError(f"{base}: no class sub-folders")
+      raise ValueError(f"{base}: no class sub-folders (to caption or embed the images of a "
+                       f"folder, a glob or a list file: --dataset=images:{base})")
     self.class_names = tuple(classes)
     self._prompt_names, self.imagenet = class_names_for(classes, class_names)
     self.files: List[str] = []
