@@ -54,7 +54,7 @@ from coca_jax.data.config import default_config, resolve
 from coca_jax.data.pipeline import (DataIterator, EvalIterator, build_eval_iterator,
                                     build_train_iterator)
 from coca_jax.data.shapes import caption_attribute_counts, caption_attribute_score
-from coca_jax.data.sources import DatasetSpec, Source, parse_specs
+from coca_jax.data.sources import DatasetSpec, Source, open_source, parse_specs
 
 __all__ = ["build_train_iterator", "build_eval_iterator", "class_names", "zero_shot_templates",
            "caption_attribute_score", "caption_attribute_counts", "prepare", "default_config",
@@ -71,7 +71,8 @@ def class_names(data_config, dataset=None) -> Sequence[str]:
   if spec.name.startswith("coca_shapes") and spec.format == "tfds" and not spec.path:
     from coca_jax.data import shapes  # pylint: disable=import-outside-toplevel
     return shapes.CLASS_NAMES
-  names = Source(spec, resolve(data_config)["data_dir"]).class_names
+  source = open_source(spec, resolve(data_config)["data_dir"])
+  names = source.prompt_names() if spec.format == "folder" else source.class_names
   if not names:
     raise ValueError(f"{spec.name} has no class label feature (set label_key)")
   return names
@@ -93,7 +94,7 @@ def prepare(data_config) -> Dict[str, Dict]:
   cfg = resolve(data_config)
   reports = {}
   for spec in parse_specs(cfg["train"]) + [DatasetSpec.parse(cfg["eval"])]:
-    if spec.stream:
+    if spec.stream or spec.format == "folder":  # read in place
       continue
     source = Source(spec, cfg["data_dir"], reprepare=cfg["reprepare"])
     if spec.format != "tfds":

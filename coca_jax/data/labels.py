@@ -15,7 +15,7 @@ import numpy as np
 
 from coca_jax.data import pipeline, records, shapes
 from coca_jax.data.config import resolve
-from coca_jax.data.sources import DatasetSpec, Source
+from coca_jax.data.sources import DatasetSpec, open_source
 
 SCENE_LABELS = {  # name -> (class count, label from the 12-integer scene code)
     "colour": (len(shapes.COLOURS), lambda s: s[..., 1]),
@@ -30,7 +30,7 @@ def _spec(spec) -> DatasetSpec:
   """The spec read for its labels only: its caption becomes the class index (no text feature
   is needed, as ImageNet has none)."""
   spec = DatasetSpec.parse(spec)
-  if spec.stream or spec.format != "tfds":
+  if spec.stream or spec.format not in ("tfds", "folder"):
     raise ValueError(f"{spec.name}: classification reads a TFDS dataset with random access "
                      "(convert files with coca_jax.data.convert first)")
   return dataclasses.replace(spec, templates=spec.templates or ("{}",))
@@ -38,7 +38,8 @@ def _spec(spec) -> DatasetSpec:
 
 def class_names(data_config, spec, label: str) -> Sequence[str]:
   if label == "label":
-    names = Source(_spec(spec), resolve(data_config)["data_dir"]).class_names
+    source = open_source(_spec(spec), resolve(data_config)["data_dir"])
+    names = source.prompt_names() if source.spec.format == "folder" else source.class_names
     if not names:
       raise ValueError(f"{DatasetSpec.parse(spec).name} has no class label feature")
     return names
@@ -76,7 +77,7 @@ def build_train_iterator(data_config, label: str, *, global_batch_size: int, see
   spec = _spec(cfg["train"])
   _check_scene_label(spec, label)
   make = pipeline.ExampleMaker.from_config(cfg, tokenizer, train=True)
-  source = Source(spec, cfg["data_dir"])
+  source = open_source(spec, cfg["data_dir"])
   info = {"kind": "index", "seed": seed, "global_batch_size": global_batch_size,
           "process_index": process_index, "process_count": process_count,
           "datasets": [source.fingerprint()]}

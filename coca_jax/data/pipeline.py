@@ -26,7 +26,7 @@ import numpy as np
 
 from coca_jax.data import mixture, preprocess, records, streams
 from coca_jax.data.config import resolve
-from coca_jax.data.sources import DatasetSpec, Source, parse_specs
+from coca_jax.data.sources import DatasetSpec, Source, open_source, parse_specs
 
 STATE_VERSION = 1
 MAX_REPLACEMENTS = 100
@@ -246,7 +246,7 @@ def build_train_iterator(data_config, *, global_batch_size: int, seed: int, proc
   cfg = resolve(data_config)
   specs = parse_specs(cfg["train"])
   make = ExampleMaker.from_config(cfg, tokenizer, train=True)
-  random_access = [None if s.stream else Source(s, cfg["data_dir"]) for s in specs]
+  random_access = [None if s.stream else open_source(s, cfg["data_dir"]) for s in specs]
   info = {"kind": "stream" if any(s.stream for s in specs) else "index", "seed": seed,
           "global_batch_size": global_batch_size, "process_index": process_index,
           "process_count": process_count,
@@ -347,5 +347,5 @@ def build_eval_iterator(data_config, *, global_batch_size: int, process_index: i
   spec = DatasetSpec.parse(dataset if dataset is not None else cfg["eval"])
   make = ExampleMaker.from_config(cfg, tokenizer, train=False)
   read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
-  return EvalIterator(Source(spec, cfg["data_dir"]), make, global_batch_size, process_index,
-                      process_count, read)
+  return EvalIterator(open_source(spec, cfg["data_dir"]), make, global_batch_size,
+                      process_index, process_count, read)

@@ -4,7 +4,10 @@ A dataset spec (a dict or ConfigDict; unknown fields are refused):
   name        TFDS name ("coca_shapes", "coca_shapes/small", "coco_captions", ...), or the name
               under which people's own files are converted (then `format` and `path` are set)
   split       "train", "validation", "test[:10%]", ...
-  format      "tfds" (default), or csv | tsv | jsonl | webdataset | tfrecord (see formats.py)
+  format      "tfds" (default), csv | tsv | jsonl | webdataset | tfrecord (see formats.py), or
+              "folder": PATH/<class>/<images> (PATH/<split>/<class>/... when that exists) as
+              labelled image-text pairs, captions from `templates` ("clip" by default) filled
+              with the class names (coca_jax/evals/folder.py: numbered, WordNet-id folders)
   path        those files: a file, a directory, a glob or a {000..099} range (local or gs://);
               with format "tfds": a prepared dataset's directory (as printed by data.convert)
   stream      False: convert the files into a TFDS dataset on first use (random access, exact
@@ -25,6 +28,7 @@ A record is {"image": encoded bytes or uint8 array, "captions": [str or bytes, .
 "label": int (-1 when none), "scene": int32 (12,) (coca_shapes only; -1 otherwise)}.
 """
 import dataclasses
+import os
 import re
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -68,8 +72,12 @@ class DatasetSpec:
     if unknown:
       raise ValueError(f"unknown dataset spec fields {sorted(unknown)}; known: "
                        f"{[f.name for f in dataclasses.fields(cls)]}")
-    if spec.get("format", "tfds") not in ("tfds",) + formats.FORMATS:
-      raise ValueError(f"format {spec['format']!r}: one of {('tfds',) + formats.FORMATS}")
+    known = ("tfds", "folder") + formats.FORMATS
+    if spec.get("format", "tfds") not in known:
+      raise ValueError(f"format {spec['format']!r}: one of {known}")
+    if spec.get("format") == "folder" and (spec.get("stream") or not spec.get("path")):
+      raise ValueError(f"{spec.get('name')}: format 'folder' needs a path (the folder of class "
+                       "sub-folders) and reads it in place (stream=False)")
     if isinstance(spec.get("templates"), list):
       spec["templates"] = tuple(spec["templates"])
     return cls(**spec)
@@ -189,11 +197,25 @@ class Source:
     return f"{self.builder.info.full_name}:{self.split}:{len(self)}"
 
 
+def open_source(spec, data_dir: Optional[str] = None, split: Optional[str] = None,
+                reprepare: bool = False):
+  """Random access to one split of a dataset spec: a `Source`, or for format "folder" a
+  `coca_jax.evals.folder.FolderSource` (same record layout, read in place)."""
+  spec = DatasetSpec.parse(spec)
+  if spec.format != "folder":
+    return Source(spec, data_dir, split, reprepare)
+  from coca_jax.evals.folder import FolderSource  # pylint: disable=import-outside-toplevel
+  split = split or spec.split
+  if not os.path.isdir(os.path.join(spec.path, split)):
+    split = "all"  # the folder itself holds the classes
+  return FolderSource(spec.path, split, templates=spec.template_list() or TEMPLATES["clip"])
+
+
 def iter_captions(spec, data_dir: Optional[str] = None) -> Iterator[str]:
   """Every clean caption of a dataset split (files are read in place, without conversion)."""
   spec = DatasetSpec.parse(spec)
-  if spec.format == "tfds":
-    source = Source(spec, data_dir)
+  if spec.format in ("tfds", "folder"):
+    source = open_source(spec, data_dir)
     raws = (c for i in range(len(source)) for c in source[i]["captions"])
   else:
     raws = (caption for path in formats.expand_paths(spec.path, spec.format)

@@ -111,7 +111,12 @@ class FolderSource:
   """
 
   def __init__(self, root: str, split: str = "all", template: str = "a photo of a {}.",
-               class_names: str = ""):
+               class_names: str = "", templates=None):
+    """`templates`: captions are every template filled with the class name (training draws
+    one per visit); otherwise the single `template`."""
+    from coca_jax.data.sources import DatasetSpec  # pylint: disable=import-outside-toplevel
+    self.spec = DatasetSpec(name=f"folder:{root}", split=split, format="folder", path=root)
+    self.split = split
     base = os.path.join(root, split) if split not in ("", "all") else root
     if not os.path.isdir(base):
       raise FileNotFoundError(f"image folder {base!r} does not exist")
@@ -130,6 +135,7 @@ class FolderSource:
           self.files.append(os.path.join(directory, file))
           self.labels.append(label)
     self.template, self.base = template, base
+    self.templates = tuple(templates) if templates else (template,)
 
   def __len__(self) -> int:
     return len(self.files)
@@ -139,11 +145,14 @@ class FolderSource:
       image = f.read()
     label = self.labels[int(index)]
     return {"image": image, "label": label,
-            "captions": [self.template.format(self.prompt_names()[label])],
+            "captions": [t.format(self._prompt_names[label]) for t in self.templates],
             "scene": np.full(shapes.SCENE_LEN, -1, np.int32)}
 
   def prompt_names(self) -> Sequence[str]:
     return tuple(self._prompt_names)
+
+  def fingerprint(self) -> str:
+    return f"folder:{self.base}:{len(self)}"
 
 
 def build_eval_iterator(data_config, spec: Dict, global_batch_size: int, tokenizer,
