@@ -18,6 +18,7 @@ GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
 
 
 def has_tpu_devices() -> bool:
+  """Whether the machine has TPU device files (TPU_DEVICE_FILES)."""
   return any(glob.glob(pattern) for pattern in TPU_DEVICE_FILES)
 
 

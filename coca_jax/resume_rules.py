@@ -102,6 +102,7 @@ def differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[Tuple[str, Any
 
 
 def has_checkpoints(workdir) -> bool:
+  """Whether WORKDIR/checkpoints holds a step directory."""
   checkpoints = epath.Path(workdir) / "checkpoints"
   return checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
 

@@ -67,11 +67,14 @@ def differences(recorded: Dict[str, Dict], current: Dict[str, Dict]) -> List[str
 
 
 def record(dataset_dir, inputs: Dict[str, Dict], splits: Dict[str, int]) -> None:
+  """Writes `prepared_from.json` (inputs as `describe` gives them, split sizes) in the
+  prepared dataset's directory."""
   (epath.Path(dataset_dir) / FILE).write_text(json.dumps(
       {"inputs": inputs, "splits": splits}, indent=1))
 
 
 def recorded(dataset_dir) -> Optional[Dict]:
+  """{"inputs", "splits"} as `record` wrote them, or None for a copy prepared before."""
   path = epath.Path(dataset_dir) / FILE
   return json.loads(path.read_text()) if path.exists() else None
 

@@ -11,16 +11,13 @@ listed by `coca_jax.infer`; the run goes on. Order is fixed, so every process ag
 """
 import glob
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-import grain
-import jax
 import numpy as np
 from etils import epath
 
 from coca_jax.data import formats, pipeline, shapes
-from coca_jax.data.config import resolve
-from coca_jax.evals.folder import EXTENSIONS
+from coca_jax.evals.folder import EXTENSIONS, source_eval_iterator
 
 
 def list_images(path: str) -> List[str]:
@@ -65,12 +62,7 @@ class ImageFilesSource:
 
 
 def build_eval_iterator(data_config, spec: Dict, global_batch_size: int, tokenizer,
-                        process_index: Optional[int] = None,
-                        process_count: Optional[int] = None) -> pipeline.EvalIterator:
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  cfg = resolve(data_config)
-  make = pipeline.ExampleMaker.from_config(cfg, tokenizer, train=False)
-  read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
-  return pipeline.EvalIterator(ImageFilesSource(spec["path"]), make, global_batch_size,
-                               process_index, process_count, read)
+                        **processes) -> pipeline.EvalIterator:
+  """The eval iterator over spec["path"]'s images (`processes`: process_index / _count)."""
+  return source_eval_iterator(data_config, ImageFilesSource(spec["path"]), global_batch_size,
+                              tokenizer, **processes)
