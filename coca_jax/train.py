@@ -300,6 +300,10 @@ def _final_report(results: Dict[str, Any], config, workdir) -> str:
     lines.append(f"  caption attribute score {100 * results['captions/attribute_score']:.1f}% "
                  "(the same decoder given blank image tokens: "
                  f"{100 * results['captions/blank_image_attribute_score']:.1f}%)")
+  if "captions/attribute_recall" in results:
+    lines.append(f"  caption attribute recall {100 * results['captions/attribute_recall']:.1f}% "
+                 "of each scene's attributes (blank image tokens: "
+                 f"{100 * results['captions/blank_image_attribute_recall']:.1f}%)")
   for key in ("captions/cider", "captions/bleu4"):
     if key in results:
       lines.append(f"  {key.split('/')[1]} {results[key]:.3f}")

@@ -66,6 +66,18 @@ def test_scorer_counts_wrong_attributes():
   assert score("a large red circle left of a blue square", one) == 3 / 6
 
 
+def test_recall_counts_the_scene_attributes_stated():
+  one = np.array([1, 0, 0, 2, 0, 0, -1, -1, -1, -1, -1, -1])  # large red circle, top left
+  two = np.array([2, 2, 1, 2, 0, 1, 3, 3, 0, 2, 1, 0])  # large blue square left of small yellow cross
+  recall = shapes.caption_attribute_recall
+  assert recall("a large red circle in the top left corner", one) == 1.0
+  assert recall("a picture of a red circle", one) == 2 / 4  # the class-name form
+  assert recall("a large red circle in the bottom right corner", one) == 3 / 4
+  assert recall("a large blue square to the left of a small yellow cross", two) == 1.0
+  assert recall("a picture of a blue square", two) == 2 / 7
+  assert recall("", two) == 0.0
+
+
 @pytest.fixture(scope="module")
 def small_builder(tmp_path_factory):
   return embedded.prepare(str(tmp_path_factory.mktemp("tfds")), "small")

@@ -216,3 +216,16 @@ def caption_attribute_score(caption: str, scene: Sequence[int]) -> float:
   """Fraction of the attributes described in `caption` that are true of `scene` (0 if none)."""
   correct, described = caption_attribute_counts(caption, scene)
   return correct / described if described else 0.0
+
+
+def scene_attributes(scene: Sequence[int]) -> int:
+  """How many attributes a scene has to tell: one object its size, colour, shape and cell (4);
+  two objects the size, colour and shape of each and their relation (7)."""
+  return 4 if int(scene[0]) == 1 else 7
+
+
+def caption_attribute_recall(caption: str, scene: Sequence[int]) -> float:
+  """Fraction of the scene's attributes (`scene_attributes`) that `caption` states truly: the
+  class-name form "a green square" of a one-object scene recalls 2 of 4."""
+  correct, _ = caption_attribute_counts(caption, scene)
+  return min(correct / scene_attributes(scene), 1.0)

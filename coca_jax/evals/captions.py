@@ -42,7 +42,8 @@ class CaptionEvaluator:
 
   `run_final(params, workdir=None, writer=None, step=None)` returns `{prefix}/cider`,
   `{prefix}/bleu4` (when the dataset has captions), `{prefix}/attribute_score` and
-  `{prefix}/blank_image_attribute_score` (coca_shapes), `{prefix}/clip_s`,
+  `{prefix}/blank_image_attribute_score`, `{prefix}/attribute_recall` (the share of each
+  scene's attributes stated truly) and its blank-image twin (coca_shapes), `{prefix}/clip_s`,
   `{prefix}/ref_clip_s` (with references) and `{prefix}/log_likelihood` (means over the
   captions; config.evals.caption_scores, on by default), `{prefix}/num_examples` and
   `{prefix}/examples` ((generated, reference) pairs); it writes the gallery PNG into `workdir`
@@ -149,6 +150,10 @@ class CaptionEvaluator:
       blank = self.blank_image_caption(params)
       results[f"{p}/blank_image_attribute_score"] = float(np.mean(
           [shapes.caption_attribute_score(blank, c["scene"]) for c in scenes]))
+      results[f"{p}/attribute_recall"] = float(np.mean(
+          [shapes.caption_attribute_recall(c["generated"], c["scene"]) for c in scenes]))
+      results[f"{p}/blank_image_attribute_recall"] = float(np.mean(
+          [shapes.caption_attribute_recall(blank, c["scene"]) for c in scenes]))
       results[f"{p}/blank_image_caption"] = blank
     results[f"{p}/examples"] = [
         (c["generated"], c["references"][0] if c["references"] else None)
