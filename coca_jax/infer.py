@@ -122,7 +122,7 @@ def infer(config, checkpoint_path: str, output_dir: str, dataset="",
         captions_file = (out / "captions.jsonl").open("w")
       scorer = caption_scores.CaptionScorer(model, mesh, tokenizer, config.data.text_length)
       progress = common.Progress("infer: images", it.num_examples)
-      paths = getattr(it.source, "paths", None) or getattr(it.source, "files", None)
+      paths = getattr(it.source, "files", None)  # image folders and piles of images
       seen = np.zeros(it.num_examples, bool)
       for k, batch in enumerate(it):
         g = sharding.global_batch({key: batch[key] for key in ("images", "index", "mask")},

@@ -3,9 +3,10 @@
   builder = local.prepare(dict(name="mine", format="csv", path="/data/train.csv"), data_dir)
 
 reads every record once (see `formats.py`), keeps what decodes (images converted to RGB, the
-shorter side brought down to `max_side`, re-encoded as JPEG unless already a small RGB JPEG;
-captions cleaned; EXIF rotations and colour profiles applied, see `records`), drops the rest and counts them by reason. The counts are logged at the end,
-stored in the dataset's metadata (`builder.info.metadata["bad_records"]`, by split) and returned by
+shorter side brought down to `max_side`, re-encoded as JPEG unless already a small upright sRGB
+JPEG, see `records`; captions cleaned, one example per image with all its captions), drops the
+rest and counts them by reason. The counts are logged at the end, stored in the dataset's
+metadata (`builder.info.metadata["bad_records"]`, by split) and returned by
 `bad_record_report(builder)`. The result is ArrayRecord under
 `data_dir/image_text_files/<name>/<version>`, readable by `tfds.builder_from_directory` without this
 code. `python -m coca_jax.data.convert` does the same from the command line.

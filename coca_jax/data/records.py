@@ -20,6 +20,7 @@ example carries the reasons (field `BAD`, ";"-joined) to the consumer, which cou
 takes the batch: counts follow the batches consumed, not the read-ahead.
 """
 import collections
+import functools
 import io
 import threading
 import warnings
@@ -104,8 +105,12 @@ _CMS_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 def icc_profile_name(image: Image.Image) -> Optional[str]:
   """The description of an embedded ICC profile other than sRGB, else None."""
   icc = image.info.get("icc_profile")
-  if not icc:
-    return None
+  return _non_srgb_name(icc) if icc else None
+
+
+@functools.lru_cache(maxsize=64)
+def _non_srgb_name(icc: bytes) -> Optional[str]:
+  # Cached: a collection's photos carry a handful of distinct profiles, parsed once each.
   try:
     name = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip()
   except (OSError, ImageCms.PyCMSError):
@@ -113,13 +118,21 @@ def icc_profile_name(image: Image.Image) -> Optional[str]:
   return None if "srgb" in name.lower().replace(" ", "") else name or "unnamed profile"
 
 
+@functools.lru_cache(maxsize=64)
+def _to_srgb_transform(icc: bytes, mode: str):
+  """The colour transform from a profile to sRGB for one PIL mode (built once per profile)."""
+  source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+  return ImageCms.buildTransform(source, _SRGB, mode, _CMS_MODES[mode],
+                                 renderingIntent=ImageCms.Intent.PERCEPTUAL)
+
+
 def _to_srgb(image: Image.Image) -> Image.Image:
   """Pixels in an embedded non-sRGB ICC profile -> sRGB (perceptual rendering intent)."""
   if image.mode not in _CMS_MODES or not icc_profile_name(image):
     return image
   try:
-    source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
-    return ImageCms.profileToProfile(image, source, _SRGB, outputMode=_CMS_MODES[image.mode])
+    return ImageCms.applyTransform(
+        image, _to_srgb_transform(image.info["icc_profile"], image.mode))
   except (OSError, ValueError, ImageCms.PyCMSError):
     return image  # a profile that does not fit these pixels: pixels as stored
 

@@ -133,18 +133,18 @@ class CaptionScorer:
     host = common.gather({"embed": image_embeds,
                           "likelihood": self._likelihood(params, image_tokens, global_tokens)},
                          self.mesh)
-    prefixed = [f"{self.prefix} {c}" if self.prefix else c for c in captions]
-    encode = lambda texts: zero_shot.encode_texts(  # noqa: E731
-        self.model, params, self.tokenizer.encode(texts, self.text_length), len(captions),
-        self.mesh)
-    caption_embeds = encode(prefixed)
+    encode = lambda rows: zero_shot.encode_texts(  # noqa: E731
+        self.model, params, rows, len(captions), self.mesh)
+    caption_embeds = encode(self.tokenizer.encode(
+        [f"{self.prefix} {c}" for c in captions], self.text_length) if self.prefix else tokens)
     out = {"clip_s": clip_s(host["embed"], caption_embeds),
            "log_likelihood": np.asarray(host["likelihood"], np.float64)}
     if references is not None and any(references):
       owner = np.asarray([i for i, refs in enumerate(references) for _ in refs], np.int64)
       flat = [r for refs in references for r in refs]
-      plain = caption_embeds if not self.prefix else encode(list(captions))
-      out["ref_clip_s"] = ref_clip_s(out["clip_s"], plain, encode(flat), owner)
+      plain = encode(tokens) if self.prefix else caption_embeds
+      out["ref_clip_s"] = ref_clip_s(out["clip_s"], plain,
+                                     encode(self.tokenizer.encode(flat, self.text_length)), owner)
     return out
 
 

@@ -91,6 +91,8 @@ class CaptionEvaluator:
     batches = math.ceil(n / self.global_batch)
     progress = common.Progress(f"{self.prefix}: captioning", n)
     rows: Dict[int, str] = {}
+    references: Dict[int, List[str]] = {}
+    scenes: Dict[int, np.ndarray] = {}
     scores: Dict[str, Dict[int, float]] = {}
     for k, batch in enumerate(it):
       if k >= batches:
@@ -102,21 +104,28 @@ class CaptionEvaluator:
       host = common.gather({"tokens": tokens, "index": g["index"], "mask": g["mask"]},
                            self.mesh)
       texts = [self.tokenizer.decode(row) for row in host["tokens"]]
-      batch_scores = self._caption_scores(params, g["images"], texts, host, it.source)
-      for j, (index, valid) in enumerate(zip(host["index"], host["mask"])):
-        if valid and index < n:
+      wanted = [int(i) for i, valid in zip(host["index"], host["mask"]) if valid and i < n]
+      keep = set(wanted)
+      for index in wanted:  # each record read once: its references and scene
+        record = it.source[index]
+        references[index] = common.clean_captions(record["captions"])
+        scenes[index] = np.asarray(record["scene"])
+      batch_scores = self._caption_scores(
+          params, g["images"], texts, [references.get(int(i), []) for i in host["index"]])
+      for j, index in enumerate(host["index"]):
+        if int(index) in keep:
           rows[int(index)] = texts[j]
           for name, values in batch_scores.items():
             scores.setdefault(name, {})[int(index)] = float(values[j])
-      progress.update(int(np.sum(host["mask"] & (host["index"] < n))))
-    results = self._score(params, it.source, rows, workdir, writer, step)
+      progress.update(len(wanted))
+    results = self._score(params, it.source, rows, references, scenes, workdir, writer, step)
     for name, values in scores.items():
       results[f"{self.prefix}/{name}"] = float(np.mean(list(values.values())))
       for c in self.captions:
         c[name] = values.get(c["index"])
     return results
 
-  def _caption_scores(self, params, images, texts, host, source):
+  def _caption_scores(self, params, images, texts, references):
     """CLIP-S, RefCLIP-S (when the records have captions) and log-likelihood of a batch's
     generated captions (caption_scores.py), or nothing when config.evals.caption_scores is
     off."""
@@ -125,18 +134,16 @@ class CaptionEvaluator:
     if self._scorer is None:
       self._scorer = caption_scores.CaptionScorer(self.model, self.mesh, self.tokenizer,
                                                   self.config.data.text_length)
-    references = [common.clean_captions(source[int(i)]["captions"]) if valid else []
-                  for i, valid in zip(host["index"], host["mask"])]
     return self._scorer.score(params, images, texts, references)
 
-  def _score(self, params, source, rows, workdir, writer, step) -> Dict[str, Any]:
+  def _score(self, params, source, rows, references, scenes, workdir, writer,
+             step) -> Dict[str, Any]:
     p = self.prefix
     self.captions = []
     for index in sorted(rows):
-      record = source[index]
-      scene = np.asarray(record["scene"])
+      scene = scenes[index]
       self.captions.append({"index": index, "generated": rows[index],
-                            "references": common.clean_captions(record["captions"]),
+                            "references": references[index],
                             "scene": scene if scene[0] > 0 else None})
     results: Dict[str, Any] = {f"{p}/num_examples": len(self.captions)}
     with_refs = [c for c in self.captions if c["references"]]

@@ -5,7 +5,7 @@
   PATH a text file       one image path per line (local or remote, e.g. gs://...; relative
                          paths start at the list's folder), in the file's order
 
-Records carry the image bytes, no captions, and their path (`source.paths[i]`), so outputs can
+Records carry the image bytes, no captions, and their path (`source.files[i]`), so outputs can
 name each row's file. An unreadable file is masked by the eval iterator (counted by reason) and
 listed by `coca_jax.infer`; the run goes on. Order is fixed, so every process agrees on it.
 """
@@ -50,13 +50,13 @@ class ImageFilesSource:
   class_names = None
 
   def __init__(self, path: str):
-    self.paths = list_images(path)
+    self.files = list_images(path)  # as FolderSource names them
 
   def __len__(self) -> int:
-    return len(self.paths)
+    return len(self.files)
 
   def __getitem__(self, index: int) -> Dict:
-    image = epath.Path(self.paths[int(index)]).read_bytes()  # a missing file: masked, counted
+    image = epath.Path(self.files[int(index)]).read_bytes()  # a missing file: masked, counted
     return {"image": image, "captions": [], "label": -1,
             "scene": np.full(shapes.SCENE_LEN, -1, np.int32)}
 
