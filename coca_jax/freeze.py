@@ -53,3 +53,13 @@ def contrastive_only(cfg: ModelConfig) -> Tuple[str, ...]:
   if cfg.pooler.layout != "single":
     paths += ["pooling/contrastive_pooler", "pooling/ln_contrastive"]
   return tuple(paths)
+
+
+def embedding_path() -> Tuple[str, ...]:
+  """Every param the image and text embeddings are computed from: the image encoder, both
+  poolers and their projection, the token embedding, the unimodal text layers with their CLS
+  token, and the temperature. Only the multimodal decoder (cross-attention layers and, when
+  untied, its output projection) stays trainable, so a caption fine-tune leaves zero-shot
+  classification and retrieval exactly as they were. (With tied embeddings the decoder's output
+  projection is the frozen token embedding.)"""
+  return ("visual", "pooling", "token_embedding", "text", "logit_scale")

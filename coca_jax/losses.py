@@ -113,3 +113,21 @@ def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,
   cap = total / jnp.maximum(count, 1.0)
   return {"total": contrastive_weight * con + caption_weight * cap,
           "contrastive": con, "caption": cap}
+
+
+def embedding_distillation(image_embed, text_embed, reference_image_embed,
+                           reference_text_embed):
+  """Mean cosine distance of the embeddings to a reference model's, image and text averaged:
+  (mean_b (1 - cos(image_b, ref_image_b)) + mean_b (1 - cos(text_b, ref_text_b))) / 2, float32.
+
+  All four are L2-normalised (B, D) arrays (cos is their dot product); the references carry no
+  gradient. With the starting model as reference, this keeps a fine-tune's embeddings (and so
+  its zero-shot classifier) where they were while the other losses train (feature
+  distillation toward the pre-trained model, as in Li and Hoiem's Learning without
+  Forgetting, 2017, on features rather than outputs). 0 when they are equal, at most 2.
+  """
+  def distance(x, ref):
+    ref = jax.lax.stop_gradient(ref.astype(jnp.float32))
+    return (1.0 - (x.astype(jnp.float32) * ref).sum(-1)).mean()
+  return (distance(image_embed, reference_image_embed)
+          + distance(text_embed, reference_text_embed)) / 2

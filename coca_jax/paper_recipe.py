@@ -33,7 +33,7 @@ def paper_config(model: dict, smoke: bool = False):
   config.optimizer = dict(name="adafactor", learning_rate=8e-4, warmup_fraction=0.02,
                           warmup_steps=0, decay="linear", end_learning_rate=0.0, b1=0.9,
                           b2=0.999, eps=1e-30, weight_decay=0.01, grad_clip_norm=0.0)
-  config.loss = dict(contrastive_weight=1.0, caption_weight=2.0)
+  config.loss.update(dict(contrastive_weight=1.0, caption_weight=2.0))
   # FSDP as wide as the model's widths allow (fsdp 0: 256 or 128 on the paper's 2,048 chips;
   # fsdp over the whole pod would divide no width and replicate every param), data the rest.
   config.mesh = dict(slice=1, data=-1, fsdp=0, tensor=1)

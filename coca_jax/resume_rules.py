@@ -62,7 +62,8 @@ RULES: Tuple[Tuple[str, str, str], ...] = (
     ("eval_every_steps", FREE, ""),
     ("log_every_steps", FREE, ""),
     ("checkpoint", FREE, ""),
-    ("init_from", FREE, ""),  # read only by a fresh run
+    ("init_from", WARNED, "a fresh run's params come from it, and a resumed run with "
+                          "loss.distill_weight > 0 distils toward it"),
     ("nonfinite", FREE, ""),
     ("debug", FREE, ""),
 )

@@ -113,6 +113,11 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       config, workdir, make_state, state_shardings, abstract_state, train_iter, mesh, rules)
   if fresh and config.init_from:
     state = _init_from(config, state, state_shardings, tx, prefixes)
+  # The distillation reference: the starting params, read again on resume (not checkpointed).
+  distill_weight = float(config.loss.get("distill_weight", 0.0) or 0.0)
+  reference = (distillation_reference(config, state_shardings["params"]) if distill_weight
+               else None)
+  reference_shardings = state_shardings["params"] if distill_weight else None
   # Frozen params leave the state: the step neither donates nor updates them.
   state, frozen = _split_state(state, prefixes)
   frozen_shardings = freeze.split(state_shardings["params"], prefixes)[1]
@@ -129,8 +134,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   step_fn = train_step_lib.make_train_step(
       model, tx, schedule, pad_id=cfg.text.pad_id,
       contrastive_weight=config.loss.contrastive_weight,
-      caption_weight=config.loss.caption_weight, accum_steps=config.grad_accum_steps,
-      seed=config.seed)
+      caption_weight=config.loss.caption_weight, distill_weight=distill_weight,
+      accum_steps=config.grad_accum_steps, seed=config.seed)
   batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
                      "text": sharding.batch_sharding(mesh, 2, rules)}
   abstract_batch = {
@@ -145,10 +150,13 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     abstract_frozen = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen,
         frozen_shardings)
+    abstract_reference = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), reference)
     compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
-                                              frozen_shardings),
+                                              frozen_shardings, reference_shardings),
                        out_shardings=(state_shardings, None), donate_argnums=(0,)).lower(
-                           abstract_state, abstract_batch, abstract_frozen).compile()
+                           abstract_state, abstract_batch, abstract_frozen,
+                           abstract_reference).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -159,6 +167,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 
   # --- evaluators ------------------------------------------------------------------------
   evaluators = build_evaluators(config, model, mesh, tokenizer)
+  start_metrics = _evaluate_at_start(config, workdir, evaluators, state, frozen, mesh, rules,
+                                     start_step)
 
   # --- the loop --------------------------------------------------------------------------
   inject = config.debug.inject_nan_at_step
@@ -171,7 +181,8 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state, step, preempted = loop.run(
-          config, workdir, step_fn=lambda s, b: compiled(s, b, frozen), state=state,
+          config, workdir, step_fn=lambda s, b: compiled(s, b, frozen, reference),
+          state=state,
           frozen=frozen, train_iter=train_iter, manager=manager, writer=writer,
           start_step=start_step, make_batch=make_batch,
           progress_line=lambda step, m: _progress_line(step, config.num_train_steps, m),
@@ -187,7 +198,9 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
     writer.write_scalars(step, {k: v for k, v in final_metrics.items()
                                 if isinstance(v, (int, float))})
     writer.flush()
-    _print(_final_report(final_metrics, config, workdir))
+    _print(_final_report(final_metrics, config, workdir, start_metrics))
+    if start_metrics:
+      final_metrics.update({f"start/{k}": v for k, v in start_metrics.items()})
     if jax.process_index() == 0:
       (workdir / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2))
     return final_metrics
@@ -199,11 +212,14 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 # --- helpers of the loop ---------------------------------------------------------------------
 
 def freeze_prefixes(config):
-  """config.freeze with "contrastive_only" expanded for this model's pooler layout."""
+  """config.freeze with the named groups ("contrastive_only", "embedding_path") expanded for
+  this model."""
   prefixes = []
   for name in config.get("freeze", ()) or ():
     if name == "contrastive_only":
       prefixes += freeze.contrastive_only(create_model(config.model).cfg)
+    elif name == "embedding_path":
+      prefixes += freeze.embedding_path()
     else:
       prefixes.append(name)
   return tuple(prefixes)
@@ -273,29 +289,87 @@ def _init_from(config, state, state_shardings, tx, prefixes=()):
   return new_state
 
 
+def distillation_reference(config, shardings):
+  """The starting params (config.init_from, fitted to config.model) laid out as `shardings`:
+  what `loss.distill_weight` pulls the embeddings toward. Raises ValueError without
+  init_from."""
+  if not config.init_from:
+    raise ValueError("config.loss.distill_weight > 0 distils toward the starting model: set "
+                     "config.init_from")
+  params, source_config = checkpoint.load_params(config.init_from)
+  params = checkpoint.adapt_params(params, source_config, config.model)
+  return jax.device_put(params, shardings)
+
+
+START_METRICS = "start_metrics.json"
+
+
+def _evaluate_at_start(config, workdir, evaluators, state, frozen, mesh, rules, start_step):
+  """config.evals.at_start: the final evaluators run once on the starting params of a fresh
+  run (saved to WORKDIR/start_metrics.json, read back on resume), so that the final report
+  shows each figure before and after. {} when not asked for."""
+  if not config.evals.get("at_start", False):
+    return {}
+  path = workdir / START_METRICS
+  if start_step > 0 and path.exists():
+    return json.loads(path.read_text())
+  _print("evaluating the starting params (config.evals.at_start)")
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    results = run_evaluators(evaluators, freeze.merge(state["params"], frozen), final=True)
+  results = {k: v for k, v in results.items() if not k.endswith("/examples")}
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(results, indent=2))
+  return results
+
+
 def _progress_line(step, num_steps, m) -> str:
   eta = m["eta_s"]
+  distill = f", distill {m['loss/distill']:.4f}" if "loss/distill" in m else ""
   return (f"step {step}/{num_steps} | loss {m['loss/total']:.4f} (con {m['loss/contrastive']:.4f}"
-          f", cap {m['loss/caption']:.4f}) | lr {m['learning_rate']:.2e} | "
+          f", cap {m['loss/caption']:.4f}{distill}) | lr {m['learning_rate']:.2e} | "
           f"temp {m['logit_scale']:.2f} | gnorm {m['grad_norm']:.3f} | "
           f"{m['examples_per_s']:.1f} ex/s | {m['step_time_s'] * 1e3:.0f} ms/step | "
           f"input wait {100 * m['input_wait_fraction']:.1f}% | "
           f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
-def _final_report(results: Dict[str, Any], config, workdir) -> str:
+# (result key, label, shown as a percentage) for the before/after lines of the final report.
+_BEFORE_AFTER = (("zeroshot/top1", "zero-shot top-1", True),
+                 ("captions/attribute_score", "caption attribute score", True),
+                 ("captions/attribute_recall", "caption attribute recall", True),
+                 ("captions/cider", "cider", False), ("captions/bleu4", "bleu4", False),
+                 ("captions/clip_s", "clip-s", False),
+                 ("val/contrastive", "validation contrastive loss", False),
+                 ("val/caption", "validation caption loss", False))
+
+
+def _before_after(results: Dict[str, Any], start: Dict[str, Any]):
+  """'label  before -> after' lines for the figures both evaluations have."""
+  lines = []
+  for key, label, percent in _BEFORE_AFTER:
+    if key in results and key in start:
+      show = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3f}")
+      lines.append(f"    {label:<28} {show(start[key]):>8} -> {show(results[key])}")
+  return ["  before -> after this run (the starting params, evaluated the same way)"] + lines \
+      if lines else []
+
+
+def _final_report(results: Dict[str, Any], config, workdir, start=None) -> str:
   """The end-of-run summary people read: accuracy next to chance, caption score next to the
-  blank-image baseline, a few captions next to the truth."""
+  blank-image baseline, a few captions next to the truth; with `start` (the starting params'
+  results, config.evals.at_start) each figure before and after."""
   eval_set = config.data.eval
   name = eval_set.get("name", "?") if hasattr(eval_set, "get") else str(eval_set)
   lines = [f"final evaluation on held-out data ({name}"
            + (", a synthetic dataset generated by the package)" if "coca_shapes" in name
               else ")")]
   if "zeroshot/top1" in results:
+    named = (config.evals.get("datasets") or {}).get("zeroshot", "")
     lines.append(f"  zero-shot top-1 {100 * results['zeroshot/top1']:.1f}% "
                  f"(chance {100 * results['zeroshot/chance']:.1f}%), top-5 "
                  f"{100 * results['zeroshot/top5']:.1f}%, "
-                 f"{int(results['zeroshot/examples'])} images")
+                 f"{int(results['zeroshot/examples'])} images" + (f" of {named}" if named
+                                                                   else ""))
   if "captions/attribute_score" in results:
     lines.append(f"  caption attribute score {100 * results['captions/attribute_score']:.1f}% "
                  "(the same decoder given blank image tokens: "
@@ -310,6 +384,7 @@ def _final_report(results: Dict[str, Any], config, workdir) -> str:
   for key in ("val/contrastive", "val/caption"):
     if key in results:
       lines.append(f"  validation {key.split('/')[1]} loss {results[key]:.4f}")
+  lines += _before_after(results, start or {})
   examples = results.get("captions/examples") or []
   if examples:
     lines.append("  generated caption | true caption")

@@ -26,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.global_batch_size = 64
   # Micro-batches per step; the contrastive loss still spans the whole global batch.
   c.grad_accum_steps = 1
-  c.loss = dict(contrastive_weight=1.0, caption_weight=2.0)
+  # distill_weight: pulls the image and text embeddings toward those of the init_from params
+  # (losses.embedding_distillation), e.g. to keep zero-shot through a caption fine-tune.
+  c.loss = dict(contrastive_weight=1.0, caption_weight=2.0, distill_weight=0.0)
   c.optimizer = dict(name="adamw", learning_rate=1e-3, warmup_fraction=0.02, warmup_steps=0,
                      decay="cosine", end_learning_rate=0.0, b1=0.9, b2=0.98, eps=1e-6,
                      weight_decay=0.1, grad_clip_norm=1.0)
@@ -45,13 +47,14 @@ def base_config() -> ml_collections.ConfigDict:
                  datasets=dict(zeroshot="", retrieval="", captions=""), text_key="",
                  label_key="", zeroshot_templates="", text_batch_size=256,
                  retrieval_captions_per_image=0, retrieval_pictures=4,
-                 generative_class_chunk=8)
+                 generative_class_chunk=8, at_start=False)
   # Params-only initialisation (a checkpoint, an export or a converted open_clip model).
   c.init_from = ""
   # "pretrain" (CoCa's losses), or "probe" / "classify" (coca_jax/classify.py, `classify`).
   c.task = "pretrain"
-  # Param path prefixes kept fixed, outside the optimized state ("contrastive_only": the params
-  # only the contrastive loss uses).
+  # Param path prefixes kept fixed, outside the optimized state, and named groups:
+  # "contrastive_only" (the params only the contrastive loss uses), "embedding_path" (all the
+  # embeddings read: only the multimodal decoder trains).
   c.freeze = ()
   c.debug = dict(inject_nan_at_step=-1)  # tests: NaN images at this step
   c.nonfinite = "error"  # "error": stop naming the step; "skip": drop that update and go on

@@ -6,7 +6,10 @@ counts the steps whose loss or gradient was NaN/Inf (their update is not applied
 first such step, so the host can stop with the step's number without a sync every step.
 
 Frozen params (`coca_jax.freeze`) are not in the state: the step takes them as a third,
-non-donated argument, so they get no gradient, no update and no optimizer state.
+non-donated argument, so they get no gradient, no update and no optimizer state. With a
+distillation weight, a fourth argument, `reference` (the starting model's full params, also not
+donated), gives the embeddings the fine-tuned ones are pulled toward
+(`losses.embedding_distillation`).
 """
 from typing import Any, Callable, Dict, Tuple
 
@@ -31,12 +34,38 @@ def _apply(model, params, batch, rng):
                      rngs={"dropout": rng} if not model.deterministic else None)
 
 
-def full_batch_grads(model, params, batch, rng, *, pad_id, weights, frozen=None):
-  """Loss parts and gradients (of `params`, not of `frozen`) of the whole batch in one pass."""
+def reference_embeddings(model, reference, batch):
+  """The reference model's L2-normalised (image, text) embeddings of a batch, each (B, D),
+  without dropout."""
+  model = model.clone(deterministic=True)
+  image = model.apply({"params": reference}, batch["images"], method="encode_image")[0]
+  text = model.apply({"params": reference}, batch["text"], method="encode_text")[0]
+  return image, text
+
+
+def _with_distillation(parts, outputs, reference, weight):
+  """Adds the distillation part (and its weighted share of the total) when there is a
+  reference."""
+  if reference is None:
+    return parts
+  distill = losses.embedding_distillation(outputs["image_embed"], outputs["text_embed"],
+                                          *reference)
+  return {**parts, "total": parts["total"] + weight * distill, "distill": distill}
+
+
+def full_batch_grads(model, params, batch, rng, *, pad_id, weights, frozen=None,
+                     reference=None):
+  """Loss parts and gradients (of `params`, not of `frozen`) of the whole batch in one pass.
+  weights: (contrastive, caption[, distillation]); `reference`: the params whose embeddings
+  the distillation term pulls toward (None: no such term)."""
+  ref = reference_embeddings(model, reference, batch) if reference is not None else None
+
   def loss_fn(p):
     p = freeze.merge(p, frozen)
-    parts = losses.coca_loss(_apply(model, p, batch, rng), batch["text"], pad_id=pad_id,
+    outputs = _apply(model, p, batch, rng)
+    parts = losses.coca_loss(outputs, batch["text"], pad_id=pad_id,
                              contrastive_weight=weights[0], caption_weight=weights[1])
+    parts = _with_distillation(parts, outputs, ref, weights[2] if len(weights) > 2 else 0.0)
     return parts["total"], parts
   (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return parts, grads
@@ -51,7 +80,8 @@ def _split(batch, k):
   return jax.tree.map(split, batch)
 
 
-def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps, frozen=None):
+def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps, frozen=None,
+                      reference=None):
   """The full-batch gradient, computed over `accum_steps` micro-batches (GradCache / BASIC).
 
   Summing per-micro-batch contrastive gradients would be wrong: each micro-batch would see
@@ -64,7 +94,8 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
   k = accum_steps
   micro = _split(batch, k)
   rngs = jax.random.split(rng, k)
-  w_con, w_cap = weights
+  w_con, w_cap = weights[:2]
+  w_distill = weights[2] if len(weights) > 2 else 0.0
 
   def embed(args):
     mb, r = args
@@ -87,43 +118,61 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
 
   def micro_step(acc, args):
     mb, g_img, g_txt, r = args
+    ref = reference_embeddings(model, reference, mb) if reference is not None else None
 
     def surrogate(p):
       out = _apply(model, freeze.merge(p, frozen), mb, r)
       con = ((out["image_embed"] * g_img).sum() + (out["text_embed"] * g_txt).sum()
              + grad_scale / k * out["logit_scale"])
       cap_sum, _ = losses.outputs_caption_loss_sum(out, mb["text"], pad_id)
-      return w_con * con + w_cap * cap_sum / n_labels, cap_sum
+      total = w_con * con + w_cap * cap_sum / n_labels
+      if ref is None:
+        return total, (cap_sum, jnp.zeros((), jnp.float32))
+      # Equal micro-batches: the batch's mean distance is the mean of theirs.
+      distill = losses.embedding_distillation(out["image_embed"], out["text_embed"], *ref)
+      return total + w_distill * distill / k, (cap_sum, distill)
 
-    grads, cap_sum = jax.grad(surrogate, has_aux=True)(params)
-    return jax.tree.map(jnp.add, acc, grads), cap_sum
+    grads, aux = jax.grad(surrogate, has_aux=True)(params)
+    return jax.tree.map(jnp.add, acc, grads), aux
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  grads, cap_sums = jax.lax.scan(micro_step, zeros, (micro, grad_image, grad_text, rngs))
+  grads, (cap_sums, distills) = jax.lax.scan(micro_step, zeros,
+                                             (micro, grad_image, grad_text, rngs))
   caption = cap_sums.sum() / n_labels
   parts = {"total": w_con * contrastive + w_cap * caption, "contrastive": contrastive,
            "caption": caption}
+  if reference is not None:
+    parts["distill"] = distills.mean()
+    parts["total"] = parts["total"] + w_distill * parts["distill"]
   return parts, grads
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, *,
                     pad_id: int, contrastive_weight: float = 1.0, caption_weight: float = 2.0,
-                    accum_steps: int = 1, seed: int = 0) -> Callable:
-  """train_step(state, batch[, frozen]) -> (state, metrics); jit it with donated state (and
-  `frozen`, the params kept out of the state, not donated)."""
-  weights = (contrastive_weight, caption_weight)
+                    distill_weight: float = 0.0, accum_steps: int = 1,
+                    seed: int = 0) -> Callable:
+  """train_step(state, batch[, frozen[, reference]]) -> (state, metrics); jit it with donated
+  state (`frozen`, the params kept out of the state, and `reference`, the params the
+  distillation term pulls the embeddings toward, are not donated). With `distill_weight` > 0
+  the step needs `reference` (ValueError otherwise) and its metrics add "loss/distill"."""
+  weights = (contrastive_weight, caption_weight, distill_weight)
 
-  def train_step(state: State, batch, frozen=None) -> Tuple[State, Dict[str, jax.Array]]:
+  def train_step(state: State, batch, frozen=None,
+                 reference=None) -> Tuple[State, Dict[str, jax.Array]]:
+    if distill_weight and reference is None:
+      raise ValueError("distill_weight > 0: the step needs the reference params")
+    if not distill_weight:
+      reference = None  # no term, no reference forward pass: the program of a plain step
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
     params = state["params"]
     if accum_steps > 1:
       parts, grads = accumulated_grads(model, params, batch, rng, pad_id=pad_id,
                                        weights=weights, accum_steps=accum_steps,
-                                       frozen=frozen)
+                                       frozen=frozen, reference=reference)
     else:
       parts, grads = full_batch_grads(model, params, batch, rng, pad_id=pad_id,
-                                      weights=weights, frozen=frozen)
+                                      weights=weights, frozen=frozen, reference=reference)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(parts["total"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state["opt_state"], params)

@@ -74,3 +74,21 @@ def test_paper_smoke_variant_passes_the_checks(name):
   config.global_batch_size, config.num_train_steps = 8, 2
   config_checks.check(config)
   assert config.data.tokenizer == "embedded"
+
+
+def test_caption_finetune_variants_set_what_they_name():
+  """configs/caption_finetune.py: the paper's caption-only default and the variants that keep
+  zero-shot; each variant changes only its own field."""
+  plain = load_config_arg("caption_finetune", None)
+  assert (plain.loss.contrastive_weight, plain.loss.distill_weight) == (0.0, 0.0)
+  assert tuple(plain.freeze) == ("contrastive_only",)
+  assert plain.evals.at_start and plain.evals.datasets.zeroshot == "coca_shapes:validation+test"
+  changed = {"embedding_path": ("freeze", ("embedding_path",)),
+             "distill": ("loss", {**plain.loss.to_dict(), "distill_weight": 10.0}),
+             "contrastive": ("loss", {**plain.loss.to_dict(), "contrastive_weight": 1.0})}
+  for variant, (field, value) in changed.items():
+    config = load_config_arg("caption_finetune", variant).to_dict()
+    want = {**plain.to_dict(), field: value}
+    assert config == want, variant
+  with pytest.raises(ValueError, match="embedding_path"):
+    load_config_arg("caption_finetune", "distil")

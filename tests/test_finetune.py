@@ -1,7 +1,9 @@
 """Fine-tuning through train.py's `train_and_evaluate`: classification end to end on
 imagenet2012 prepared from a tiny self-made manual directory (top-1 / top-5), and the caption
 fine-tune config, whose contrastive-only params stay bitwise as loaded with no optimizer state."""
+import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -91,3 +93,82 @@ def test_caption_fine_tune_leaves_contrastive_params_untouched(export, tmp_path)
   config.evals.update(dict(val_loss=False, captions=True, zeroshot=False))
   evaluated = evaluate.evaluate(config, str(tmp_path / "run"))
   assert evaluated["captions/cider"] == pytest.approx(result["captions/cider"], abs=1e-6)
+
+
+def _tiny_caption_fine_tune(export, **changes):
+  """configs/caption_finetune.py at test size (micro model from `export`, 16 eval images)."""
+  config = load_config("caption_finetune")
+  config.init_from = str(export)
+  config.num_train_steps = 4
+  config.global_batch_size = 16
+  config.log_every_steps = 1
+  config.optimizer.learning_rate = 1e-3
+  config.checkpoint.async_save = False
+  config.checkpoint.every_steps = 2
+  config.checkpoint.max_to_keep = 5
+  config.data.num_threads = 1
+  config.data.eval.split = "validation[:16]"
+  config.evals.update(dict(batch_size=16, num_caption_examples=16, gallery=0))
+  config.evals.datasets.zeroshot = "coca_shapes:validation[:16]"
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def test_caption_fine_tune_through_the_embedding_path_keeps_zero_shot_exactly(
+    export, tmp_path, capsys):
+  """freeze=embedding_path: only the multimodal decoder trains, so every param the embeddings
+  read stays bitwise as loaded and zero-shot is the same before and after; the run evaluates
+  the starting params (evals.at_start) and reports each figure before -> after."""
+  config = _tiny_caption_fine_tune(export, freeze=("embedding_path",))
+  result = train_and_evaluate(config, str(tmp_path / "run"))
+  saved = checkpoint_tree(tmp_path / "run")
+  loaded, _ = checkpoint.load_params(export)
+  kept_saved, trained_saved = freeze.split(saved["params"], freeze.embedding_path())[::-1]
+  kept_loaded, trained_loaded = freeze.split(loaded, freeze.embedding_path())[::-1]
+  assert set(trained_saved) == {"decoder"}
+  assert all(jax.tree.leaves(jax.tree.map(_equal, kept_saved, kept_loaded)))
+  assert all(jax.tree.leaves(jax.tree.map(lambda a, b: not _equal(a, b), trained_saved,
+                                          trained_loaded)))
+  assert result["zeroshot/examples"] == 16
+  assert result["start/zeroshot/top1"] == result["zeroshot/top1"]
+  assert result["val/caption"] < result["start/val/caption"]  # the decoder did train
+  assert result["val/contrastive"] == result["start/val/contrastive"]
+  start = json.loads((tmp_path / "run" / "start_metrics.json").read_text())
+  assert start["val/caption"] == result["start/val/caption"]
+  assert "captions/cider" in start
+  out = capsys.readouterr().out
+  assert "before -> after this run" in out
+  assert "16 images of coca_shapes:validation[:16]" in out
+  top1 = f"{100 * result['zeroshot/top1']:.1f}%"
+  assert any(line.split()[:2] == ["zero-shot", "top-1"] and line.split()[-3:] == [top1, "->",
+                                                                                 top1]
+             for line in out.splitlines()), out
+
+
+def test_distillation_toward_the_starting_model_resumes_exactly(export, tmp_path, capsys):
+  """loss.distill_weight: the reference is the init_from params, held in memory only (the
+  checkpoint holds the same tree as without it) and read again on resume, so a run resumed
+  from its step-2 checkpoint ends with the uninterrupted run's params bit for bit; the
+  progress line shows the distillation part."""
+  changes = {"loss.distill_weight": 1.0, "evals.captions": False, "evals.at_start": False}
+  train_and_evaluate(_tiny_caption_fine_tune(export, **changes), str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert "distill " in next(line for line in out.splitlines() if line.startswith("step 1/4"))
+  whole = checkpoint_tree(tmp_path / "run")
+  assert set(whole["params"]) == set(checkpoint.load_params(export)[0])
+  shutil.rmtree(tmp_path / "run" / "checkpoints" / "4")
+  train_and_evaluate(_tiny_caption_fine_tune(export, **changes), str(tmp_path / "run"))
+  assert "resumed from" in capsys.readouterr().out
+  resumed = checkpoint_tree(tmp_path / "run")
+  assert all(jax.tree.leaves(jax.tree.map(_equal, resumed["params"], whole["params"])))
+  assert resumed["opt_state_paths"] == whole["opt_state_paths"]
+  without_start = _tiny_caption_fine_tune(export, init_from="", **changes)
+  del without_start["model"]
+  without_start.model = micro_config().model
+  with pytest.raises(ValueError, match="init_from"):
+    train_and_evaluate(without_start, str(tmp_path / "other"))

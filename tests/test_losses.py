@@ -142,3 +142,20 @@ def test_chunked_caption_loss_matches_whole_logits(tied):
   value_c, grads_c = jax.value_and_grad(loss(chunked))(params)
   np.testing.assert_allclose(value_c, value, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_c, grads)
+
+
+def test_embedding_distillation_known_values_and_no_gradient_to_the_reference():
+  """1 - cos per example, averaged over the batch, image and text halves averaged: equal
+  embeddings 0, orthogonal 1, opposite 2; the reference gets no gradient."""
+  e = jnp.eye(3)
+  assert float(losses.embedding_distillation(e, e, e, e)) == 0.0
+  orthogonal = jnp.roll(e, 1, axis=0)
+  assert float(losses.embedding_distillation(e, e, orthogonal, e)) == pytest.approx(0.5)
+  assert float(losses.embedding_distillation(e, -e, orthogonal, e)) == pytest.approx(1.5)
+  img, ref_img = unit(np.random.RandomState(0).randn(2, 2, 5))
+  txt, ref_txt = unit(np.random.RandomState(1).randn(2, 2, 5))
+  want = ((1 - (img * ref_img).sum(-1)).mean() + (1 - (txt * ref_txt).sum(-1)).mean()) / 2
+  got = losses.embedding_distillation(img, txt, ref_img, ref_txt)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  grads = jax.grad(losses.embedding_distillation, argnums=(2, 3))(img, txt, ref_img, ref_txt)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in grads)

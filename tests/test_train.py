@@ -124,6 +124,42 @@ def test_gradient_accumulation_equals_full_batch(chunks):
   assert abs(float(np.mean(naive)) - float(full_parts["contrastive"])) > 1e-3
 
 
+def test_distillation_term_accumulates_exactly_and_vanishes_at_the_reference():
+  """The embedding-distillation term (loss.distill_weight) gives the same parts and gradients
+  over micro-batches as over the whole batch; at the reference params it is 0 and leaves the
+  gradient as it is without the term (1 - cos has a zero gradient at cos = 1)."""
+  model = coca_jax.create_model(MICRO)
+  images, text = make_images(8), make_text([5, 12, 7, 9, 6, 10, 8, 11])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, text))["params"]
+  batch = {"images": images, "text": text}
+  noise = jax.tree.map(lambda x: 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
+  reference = jax.tree.map(jnp.add, params, noise)
+  kw = dict(pad_id=0, weights=(1.0, 2.0, 3.0), reference=reference)
+  full_parts, full = jax.jit(lambda p: ts.full_batch_grads(
+      model, p, batch, jax.random.key(0), **kw))(params)
+  assert float(full_parts["distill"]) > 1e-3
+  without = jax.jit(lambda p: ts.full_batch_grads(
+      model, p, batch, jax.random.key(0), pad_id=0, weights=(1.0, 2.0)))(params)
+  np.testing.assert_allclose(full_parts["total"],
+                             without[0]["total"] + 3.0 * full_parts["distill"], rtol=1e-6)
+  parts, acc = jax.jit(lambda p: ts.accumulated_grads(
+      model, p, batch, jax.random.key(0), accum_steps=4, **kw))(params)
+  for name in ("total", "contrastive", "caption", "distill"):
+    np.testing.assert_allclose(parts[name], full_parts[name], rtol=1e-5)
+  diff = optax.tree.norm(jax.tree.map(jnp.subtract, acc, full))
+  assert diff <= 1e-5 * optax.tree.norm(full)
+  assert float(optax.tree.norm(jax.tree.map(jnp.subtract, full, without[1]))) > 1e-4
+  # At the reference itself: no distance, and the gradient of the term is zero.
+  at_ref, grads_at_ref = jax.jit(lambda p: ts.full_batch_grads(
+      model, p, batch, jax.random.key(0), **{**kw, "reference": p}))(params)
+  assert abs(float(at_ref["distill"])) < 1e-6
+  diff = optax.tree.norm(jax.tree.map(jnp.subtract, grads_at_ref, without[1]))
+  assert diff <= 1e-4 * optax.tree.norm(without[1])
+  step = ts.make_train_step(model, optax.sgd(0.1), lambda s: 0.1, pad_id=0, distill_weight=1.0)
+  with pytest.raises(ValueError, match="reference"):
+    jax.eval_shape(step, ts.init_state(params, optax.sgd(0.1)), batch)
+
+
 # --- item 3: the paper's Adafactor and the weight-decay mask --------------------------------
 
 def test_paper_adafactor_follows_its_formula():

@@ -27,6 +27,8 @@ below):
   retrieval_pictures             text queries in the retrieval picture
   generative_class_chunk         classes scored together by generative zero-shot
   caption_scores                 CLIP-S, RefCLIP-S and log-likelihood of generated captions
+  at_start                       train.py: also evaluate the starting params (a fresh run's
+                                 first state) and report each figure before and after
   generation                     caption decoding: any decode.GenerationConfig field
                                  (strategy, num_beams, top_k, top_p, temperature,
                                  repetition_penalty, no_repeat_ngram_size, ...)
@@ -39,7 +41,8 @@ DEFAULTS = dict(zeroshot=False, val_loss=False, captions=False, retrieval=False,
                 datasets=dict(zeroshot="", retrieval="", captions=""), text_key="",
                 label_key="", class_names="", zeroshot_templates="", text_batch_size=256,
                 retrieval_captions_per_image=0, retrieval_pictures=4,
-                generative_class_chunk=8, generation={}, caption_scores=True)
+                generative_class_chunk=8, generation={}, caption_scores=True,
+                at_start=False)
 
 
 def option(config, name: str):
