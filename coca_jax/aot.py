@@ -35,10 +35,9 @@ from typing import Any, Dict, Optional  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from coca_jax import flops as flops_lib  # noqa: E402
-from coca_jax import optim, sharding, train_step as train_step_lib  # noqa: E402
+from coca_jax import sharding, train_config  # noqa: E402
 from coca_jax.model import create_model  # noqa: E402
 
 GIB = 2 ** 30
@@ -104,61 +103,28 @@ def _rules(config):
                for name, axes in config.logical_rules)
 
 
-def _fit_names(tree, mesh, rules):
-  # The same fitting as training's: optimizer statistics whose shapes do not divide over the
-  # mesh are replicated. Imported here so that a plain import of this module stays light.
-  from coca_jax.train import _fit_names as fit  # pylint: disable=import-outside-toplevel
-  return fit(tree, mesh, rules)
-
-
 def lower_train_step(config, devices, mesh_shape: Optional[Dict[str, int]] = None):
   """Lowers the config's train step for `devices` (compile-only TPU devices or real ones),
-  with abstract inputs only. Returns (lowered, info)."""
+  with abstract inputs only: the program training runs, built by the same
+  `coca_jax.train.step_program` (freeze, distillation, caption weights and `init_from` models
+  included). Returns (lowered, info)."""
+  from coca_jax import train  # pylint: disable=import-outside-toplevel  (keeps imports light)
+  config = train_config.resolve(config)
   model = create_model(config.model, deterministic=config.model.get("dropout_rate", 0) == 0)
-  cfg = model.cfg
   mesh_shape = dict(mesh_shape or config.mesh)
-  mesh = sharding.make_mesh(mesh_shape, devices=devices, fsdp_divides=sharding.fsdp_widths(cfg))
+  mesh = sharding.make_mesh(mesh_shape, devices=devices,
+                            fsdp_divides=sharding.fsdp_widths(model.cfg))
   rules = _rules(config)
   batch, accum = config.global_batch_size, config.grad_accum_steps
   data_parallel = math.prod(mesh.shape[a] for a in ("slice", "data", "fsdp"))
   if batch % accum or (batch // accum) % data_parallel:
     raise ValueError(f"global_batch_size {batch} in {accum} micro-batches does not split "
                      f"over the {data_parallel} data-parallel chips of mesh {dict(mesh.shape)}")
-
-  size, length = cfg.vision.image_size, config.data.text_length
-  example = (jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-             jax.ShapeDtypeStruct((1, length), jnp.int32))
-  abstract_params = jax.eval_shape(lambda k, *x: model.init(k, *x)["params"],
-                                   jax.random.key(0), *example)
-  tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
-                              nn.unbox(abstract_params))
-  schedule = optim.schedule(config.optimizer, config.num_train_steps)
-
-  def init_boxed(rng, *x):
-    return train_step_lib.init_state(model.init(rng, *x)["params"], tx)
-
-  boxed_state = _fit_names(jax.eval_shape(init_boxed, jax.random.key(0), *example), mesh,
-                           rules)
-  state_shardings = sharding.logical_shardings(boxed_state, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.unbox(boxed_state), state_shardings)
-  batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
-                     "text": sharding.batch_sharding(mesh, 2, rules)}
-  abstract_batch = {
-      "images": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
-                                     sharding=batch_shardings["images"]),
-      "text": jax.ShapeDtypeStruct((batch, length), jnp.int32,
-                                   sharding=batch_shardings["text"])}
-  step_fn = train_step_lib.make_train_step(
-      model, tx, schedule, pad_id=cfg.text.pad_id,
-      contrastive_weight=config.loss.contrastive_weight,
-      caption_weight=config.loss.caption_weight, accum_steps=accum, seed=config.seed)
+  program = train.step_program(config, model, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    lowered = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
-                      out_shardings=(state_shardings, None), donate_argnums=(0,)).lower(
-                          abstract_state, abstract_batch)
-  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params)))
+    lowered = program.lower()
+  abstract_state = program.abstract_state  # as checkpoints hold it: frozen params included
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state["params"]))
   state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
                     for x in jax.tree.leaves(abstract_state))
   # One chip's shard of the state, before TPU layout padding.
@@ -218,6 +184,7 @@ def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
   """Compiles the config's train step for a TPU topology; returns the JSON-able result."""
   spec = chip_spec(topology)
   devices = topology_devices(topology, num_slices)
+  config = train_config.resolve(config)
   model_cfg = create_model(config.model).cfg
   if mesh == "auto":
     mesh_shape = auto_mesh(model_cfg, devices)

@@ -56,33 +56,53 @@ def _cross_entropy_bwd(residuals, g):
 token_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
 
 
-def caption_loss_sum(logits, labels, pad_id: int):
-  """(sum of next-token cross-entropies over non-padding labels, number of such labels)."""
+def _token_weights(labels, pad_id: int, example_weights=None):
+  """float32 (B, L): 1 for labels that are not padding, times each example's weight."""
   weights = (labels != pad_id).astype(jnp.float32)
+  if example_weights is not None:
+    weights = weights * example_weights.astype(jnp.float32)[:, None]
+  return weights
+
+
+def caption_loss_sum(logits, labels, pad_id: int, example_weights=None):
+  """(sum of next-token cross-entropies over non-padding labels, number of such labels).
+  example_weights: optional float (B,) weights of each example's tokens in both (the caption
+  loss is then a weighted mean over tokens)."""
+  weights = _token_weights(labels, pad_id, example_weights)
   losses = token_cross_entropy(logits, labels)
   return (losses * weights).sum(), weights.sum()
 
 
-def chunked_caption_loss_sum(state_chunks, proj, labels, pad_id: int):
+def caption_loss_count(text, pad_id: int, example_weights=None):
+  """The caption loss's denominator for input text (B, L): its labels text[:, 1:] that are not
+  padding, each counted with its example's weight (float32 scalar)."""
+  if example_weights is None:  # (the unweighted program as it always was)
+    return (text[:, 1:] != pad_id).sum().astype(jnp.float32)
+  return _token_weights(text[:, 1:], pad_id, example_weights).sum()
+
+
+def chunked_caption_loss_sum(state_chunks, proj, labels, pad_id: int, example_weights=None):
   """`caption_loss_sum` from the decoder's final states in sequence chunks (chunks, B, C, W)
   and the vocabulary projection (W, vocab): each chunk's logits are made, scored and dropped,
   and made again in the backward pass (jax.checkpoint), so only one chunk's logits are ever
-  alive. labels (B, L), L <= chunks * C (the rest counts as padding)."""
+  alive. labels (B, L), L <= chunks * C (the rest counts as padding); example_weights as in
+  `caption_loss_sum`."""
   chunks, _, size, _ = state_chunks.shape
   labels = jnp.pad(labels, ((0, 0), (0, chunks * size - labels.shape[1])),
                    constant_values=pad_id)
+  weights = _token_weights(labels, pad_id, example_weights)
   labels = labels.reshape(labels.shape[0], chunks, size).swapaxes(0, 1)
+  weights = weights.reshape(weights.shape[0], chunks, size).swapaxes(0, 1)
 
   @jax.checkpoint
-  def chunk_loss(states, chunk_labels):
-    weights = (chunk_labels != pad_id).astype(jnp.float32)
-    return (token_cross_entropy(states @ proj, chunk_labels) * weights).sum()
+  def chunk_loss(states, chunk_labels, chunk_weights):
+    return (token_cross_entropy(states @ proj, chunk_labels) * chunk_weights).sum()
 
   def body(total, xs):
     return total + chunk_loss(*xs), None
 
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (state_chunks, labels))
-  return total, (labels != pad_id).sum().astype(jnp.float32)
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (state_chunks, labels, weights))
+  return total, weights.sum()
 
 
 def caption_loss(logits, labels, pad_id: int):
@@ -91,25 +111,27 @@ def caption_loss(logits, labels, pad_id: int):
   return total / jnp.maximum(count, 1.0)
 
 
-def outputs_caption_loss_sum(outputs, text, pad_id: int):
+def outputs_caption_loss_sum(outputs, text, pad_id: int, example_weights=None):
   """`caption_loss_sum` of the model's output dict against its input text: from whole logits,
   or chunk by chunk when the model was built with `caption_loss_chunks`. Logits at position i
   are scored against text[i+1] (the last position has no target), as open_clip does."""
   if "caption_state_chunks" in outputs:  # the model's caption_loss_chunks: logits made here
     return chunked_caption_loss_sum(outputs["caption_state_chunks"], outputs["caption_proj"],
-                                    text[:, 1:], pad_id)
-  return caption_loss_sum(outputs["logits"][:, :-1], text[:, 1:], pad_id)
+                                    text[:, 1:], pad_id, example_weights)
+  return caption_loss_sum(outputs["logits"][:, :-1], text[:, 1:], pad_id, example_weights)
 
 
 def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,
-              caption_weight: float = 2.0) -> Dict[str, jnp.ndarray]:
+              caption_weight: float = 2.0, example_weights=None) -> Dict[str, jnp.ndarray]:
   """Total = contrastive_weight * L_con + caption_weight * L_cap, with both parts returned.
 
   `outputs` is the model's output dict; logits at position i are scored against text[i+1]
-  (the last position has no target), as open_clip does.
+  (the last position has no target), as open_clip does. `example_weights` (float (B,),
+  optional): each example's weight in the caption loss, then a weighted mean over tokens (a
+  dataset's `caption_weight`; 0 keeps an example out of it).
   """
   con = contrastive_loss(outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"])
-  total, count = outputs_caption_loss_sum(outputs, text, pad_id)
+  total, count = outputs_caption_loss_sum(outputs, text, pad_id, example_weights)
   cap = total / jnp.maximum(count, 1.0)
   return {"total": contrastive_weight * con + caption_weight * cap,
           "contrastive": con, "caption": cap}

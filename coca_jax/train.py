@@ -9,9 +9,10 @@ loss uses) keeps params out of the optimized state: the step takes them as a sep
 non-donated argument. Checkpoints still hold every param, so exports and eval.py read them.
 Configs with `task` "probe" or "classify" train an image classifier instead (coca_jax.classify).
 """
+import dataclasses
 import json
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from absl import logging
 from clu import metric_writers
@@ -93,70 +94,34 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
 
   # --- model and sharded train state ----------------------------------------------------
   model = create_model(config.model, deterministic=config.model.get("dropout_rate", 0) == 0)
-  cfg = model.cfg
-  size, length = cfg.vision.image_size, config.data.text_length
-  example = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
-  abstract_params = jax.eval_shape(lambda k: model.init(k, *example)["params"],
-                                   jax.random.key(0))
-  prefixes = freeze_prefixes(config)
-  tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
-                              freeze.split(nn.unbox(abstract_params), prefixes)[0])
-  schedule = optim.schedule(config.optimizer, config.num_train_steps)
-
-  make_state, state_shardings, abstract_state = state_layout(
-      lambda rng: model.init(rng, *example)["params"], tx, prefixes, mesh, rules)
+  program = step_program(config, model, mesh, rules)
+  tx, prefixes = program.tx, program.prefixes
+  state_shardings = program.state_shardings
   counts = count_params(config.model)
   _print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()
                                    if k != "logit_scale"))
 
   manager, state, start_step, fresh = restore_or_init(
-      config, workdir, make_state, state_shardings, abstract_state, train_iter, mesh, rules)
+      config, workdir, program.make_state, state_shardings, program.abstract_state, train_iter,
+      mesh, rules)
   if fresh and config.init_from:
     state = _init_from(config, state, state_shardings, tx, prefixes)
   # The distillation reference: the starting params, read again on resume (not checkpointed).
-  distill_weight = float(config.loss.get("distill_weight", 0.0) or 0.0)
-  reference = (distillation_reference(config, state_shardings["params"]) if distill_weight
-               else None)
-  reference_shardings = state_shardings["params"] if distill_weight else None
+  reference = (distillation_reference(config, state_shardings["params"])
+               if program.distill_weight else None)
   # Frozen params leave the state: the step neither donates nor updates them.
   state, frozen = _split_state(state, prefixes)
-  frozen_shardings = freeze.split(state_shardings["params"], prefixes)[1]
-  state_shardings = {**state_shardings,
-                     "params": freeze.split(state_shardings["params"], prefixes)[0]}
-  abstract_state = {**abstract_state,
-                    "params": freeze.split(abstract_state["params"], prefixes)[0]}
   if prefixes:
     _print(f"frozen: {', '.join(prefixes)} "
            f"({sum(x.size for x in jax.tree.leaves(frozen)) / 1e6:.2f}M params, no optimizer "
            "state)")
 
   # --- the train step, compiled ahead of time -------------------------------------------
-  step_fn = train_step_lib.make_train_step(
-      model, tx, schedule, pad_id=cfg.text.pad_id,
-      contrastive_weight=config.loss.contrastive_weight,
-      caption_weight=config.loss.caption_weight, distill_weight=distill_weight,
-      accum_steps=config.grad_accum_steps, seed=config.seed)
-  batch_shardings = {"images": sharding.batch_sharding(mesh, 4, rules),
-                     "text": sharding.batch_sharding(mesh, 2, rules)}
-  abstract_batch = {
-      "images": jax.ShapeDtypeStruct((config.global_batch_size, size, size, 3), jnp.float32,
-                                     sharding=batch_shardings["images"]),
-      "text": jax.ShapeDtypeStruct((config.global_batch_size, length), jnp.int32,
-                                   sharding=batch_shardings["text"])}
   _print("compiling the train step: about 15 s for configs/tiny.py on 2 CPU cores (seconds "
          "when the compilation cache holds it), minutes for the paper's models")
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     t0 = time.perf_counter()
-    abstract_frozen = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), frozen,
-        frozen_shardings)
-    abstract_reference = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), reference)
-    compiled = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings,
-                                              frozen_shardings, reference_shardings),
-                       out_shardings=(state_shardings, None), donate_argnums=(0,)).lower(
-                           abstract_state, abstract_batch, abstract_frozen,
-                           abstract_reference).compile()
+    compiled = program.lower().compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -207,6 +172,81 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   finally:
     manager.close()
     train_iter.close()
+
+
+# --- the compiled step: one builder for training and ahead-of-time compilation -------------
+
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+  """What decides the compiled train step, built one way (`step_program`) for training and for
+  `coca_jax.aot`.
+
+  make_state(rng) -> a fresh state as checkpoints hold it (every param, optimizer state of the
+  trainable ones); state_shardings / abstract_state: that state's layout. The jitted step
+  `jitted(state, batch, frozen, reference)` takes the state without its frozen params
+  (donated), the batch, the frozen params and, with `distill_weight` > 0, the reference params
+  (neither donated); `abstract_args` are those four as ShapeDtypeStructs with their shardings.
+  """
+  tx: Any
+  schedule: Any
+  prefixes: Tuple[str, ...]
+  distill_weight: float
+  make_state: Any
+  state_shardings: Any
+  abstract_state: Any
+  jitted: Any
+  abstract_args: Tuple[Any, ...]
+
+  def lower(self):
+    """The step lowered for the abstract inputs; call under the mesh and logical rules."""
+    return self.jitted.lower(*self.abstract_args)
+
+
+def step_program(config, model, mesh, rules) -> StepProgram:
+  """The optimizer, frozen params, state layout and jitted train step of a config on a mesh:
+  `init_from` models, `freeze`, the loss weights, distillation, gradient accumulation and the
+  datasets' caption weights included. Nothing is allocated (shapes only)."""
+  cfg = model.cfg
+  size, length = cfg.vision.image_size, config.data.text_length
+  example = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32))
+  abstract_params = jax.eval_shape(lambda k: model.init(k, *example)["params"],
+                                   jax.random.key(0))
+  prefixes = freeze_prefixes(config)
+  tx = optim.create_optimizer(config.optimizer, config.num_train_steps,
+                              freeze.split(nn.unbox(abstract_params), prefixes)[0])
+  schedule = optim.schedule(config.optimizer, config.num_train_steps)
+  make_state, state_shardings, abstract_state = state_layout(
+      lambda rng: model.init(rng, *example)["params"], tx, prefixes, mesh, rules)
+  distill_weight = float(config.loss.get("distill_weight", 0.0) or 0.0)
+
+  # The step's arguments: the state less its frozen params, the batch, the frozen params and
+  # the distillation reference (all params, only with a distillation weight).
+  trainable, frozen = (freeze.split(state_shardings["params"], prefixes))
+  trainable_shardings = {**state_shardings, "params": trainable}
+  abstract_trainable = {**abstract_state,
+                        "params": freeze.split(abstract_state["params"], prefixes)[0]}
+  abstract_frozen = freeze.split(abstract_state["params"], prefixes)[1]
+  reference_shardings = state_shardings["params"] if distill_weight else None
+  abstract_reference = abstract_state["params"] if distill_weight else None
+  batch = config.global_batch_size
+  shapes = {"images": ((batch, size, size, 3), jnp.float32), "text": ((batch, length), jnp.int32),
+            "caption_weight": ((batch,), jnp.float32)}  # datasets' caption-loss weights
+  batch_shardings = {k: sharding.batch_sharding(mesh, len(shapes[k][0]), rules)
+                     for k in data.batch_fields(config.data)}
+  abstract_batch = {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s)
+                    for k, s in batch_shardings.items()}
+
+  step_fn = train_step_lib.make_train_step(
+      model, tx, schedule, pad_id=cfg.text.pad_id,
+      contrastive_weight=config.loss.contrastive_weight,
+      caption_weight=config.loss.caption_weight, distill_weight=distill_weight,
+      accum_steps=config.grad_accum_steps, seed=config.seed)
+  jitted = jax.jit(step_fn, in_shardings=(trainable_shardings, batch_shardings, frozen,
+                                          reference_shardings),
+                   out_shardings=(trainable_shardings, None), donate_argnums=(0,))
+  return StepProgram(tx, schedule, prefixes, distill_weight, make_state, state_shardings,
+                     abstract_state, jitted,
+                     (abstract_trainable, abstract_batch, abstract_frozen, abstract_reference))
 
 
 # --- helpers of the loop ---------------------------------------------------------------------

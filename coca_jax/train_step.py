@@ -1,6 +1,8 @@
 """One training step: losses, gradients (optionally accumulated over micro-batches without
 shrinking the contrastive loss's negatives), the optimizer update, and non-finite protection.
 
+A batch is {"images": f32 (B, S, S, 3), "text": i32 (B, L)} and, when the datasets weigh
+their examples in the caption loss (a spec's `caption_weight`), "caption_weight": f32 (B,).
 The train state is a plain dict: {"params", "opt_state", "step", "nonfinite"}; "nonfinite"
 counts the steps whose loss or gradient was NaN/Inf (their update is not applied) and keeps the
 first such step, so the host can stop with the step's number without a sync every step.
@@ -64,7 +66,8 @@ def full_batch_grads(model, params, batch, rng, *, pad_id, weights, frozen=None,
     p = freeze.merge(p, frozen)
     outputs = _apply(model, p, batch, rng)
     parts = losses.coca_loss(outputs, batch["text"], pad_id=pad_id,
-                             contrastive_weight=weights[0], caption_weight=weights[1])
+                             contrastive_weight=weights[0], caption_weight=weights[1],
+                             example_weights=batch.get("caption_weight"))
     parts = _with_distillation(parts, outputs, ref, weights[2] if len(weights) > 2 else 0.0)
     return parts["total"], parts
   (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -114,7 +117,8 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
       unsplit(image_embed), unsplit(text_embed), scales[0])
   grad_image, grad_text = _split((embed_grads[0], embed_grads[1]), k)
   grad_scale = embed_grads[2]
-  n_labels = jnp.maximum((batch["text"][:, 1:] != pad_id).sum().astype(jnp.float32), 1.0)
+  n_labels = jnp.maximum(losses.caption_loss_count(batch["text"], pad_id,
+                                                   batch.get("caption_weight")), 1.0)
 
   def micro_step(acc, args):
     mb, g_img, g_txt, r = args
@@ -124,7 +128,8 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
       out = _apply(model, freeze.merge(p, frozen), mb, r)
       con = ((out["image_embed"] * g_img).sum() + (out["text_embed"] * g_txt).sum()
              + grad_scale / k * out["logit_scale"])
-      cap_sum, _ = losses.outputs_caption_loss_sum(out, mb["text"], pad_id)
+      cap_sum, _ = losses.outputs_caption_loss_sum(out, mb["text"], pad_id,
+                                                   mb.get("caption_weight"))
       total = w_con * con + w_cap * cap_sum / n_labels
       if ref is None:
         return total, (cap_sum, jnp.zeros((), jnp.float32))

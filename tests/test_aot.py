@@ -69,3 +69,47 @@ def test_mesh_choice():
     aot.parse_mesh("model:4")
   with pytest.raises(ValueError, match="generation"):
     aot.chip_spec("v3:4x4")
+
+
+def test_aot_lowers_the_program_training_runs(tmp_path):
+  """aot.lower_train_step builds the step the trainer runs (train.step_program): the same
+  lowered text, shardings included, for configs/tiny.py and for the caption fine-tune with a
+  tiny export as init_from, where frozen params and the distillation reference are separate,
+  non-donated arguments; leaving out the freeze or the reference gives another program."""
+  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn
+  from coca_jax import sharding, train, train_config
+  from coca_jax.model import create_model
+  from train_fixtures import random_micro_export
+  # pylint: enable=import-outside-toplevel
+  export = str(random_micro_export(tmp_path / "export"))
+
+  def caption_finetune(variant):
+    spec = importlib.util.spec_from_file_location("ft", CONFIGS / "caption_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    config.init_from, config.global_batch_size = export, 8
+    return config
+
+  def trainer_text(config):  # as train.train_and_evaluate builds and lowers it
+    config = train_config.resolve(config)
+    mesh = sharding.config_mesh(config)
+    rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in config.logical_rules)
+    model = create_model(config.model, deterministic=True)
+    program = train.step_program(config, model, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return program, program.lower().as_text()
+
+  texts = {}
+  for name, config in (("tiny", _tiny_config()), ("distill", caption_finetune("distill")),
+                       ("plain", caption_finetune(None))):
+    lowered, info = aot.lower_train_step(config, jax.devices())  # the config's mesh
+    program, text = trainer_text(config)
+    assert lowered.as_text() == text, name
+    texts[name] = text
+    if name == "distill":
+      _, _, frozen, reference = program.abstract_args
+      assert set(frozen) >= {"logit_scale", "pooling"} and reference is not None
+      assert info["params"] == sum(x.size for x in jax.tree.leaves(reference))
+  assert texts["distill"] != texts["plain"]

@@ -288,3 +288,34 @@ def test_unreadable_shard_is_skipped_and_counted(tmp_path, tok):
   batches, (it,) = stream_batches(cfg, tok, 1, 2, batch=4)
   assert all(t in {caption(i) for i in range(4)} for b in batches for t in b)
   assert it.stats()["bad_records/shard_unreadable"] >= 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_mixture_caption_weights_ride_with_each_example(tmp_path, tok, stream):
+  """A dataset's caption_weight comes with each of its examples ("caption_weight", float32),
+  random-access and streamed alike; batches have no such field when every weight is 1, and a
+  negative or non-finite weight is refused by name."""
+  path = write_tar_shards(tmp_path / "shards", 12, 5)
+  web = dict(name="web", format="webdataset", path=path, stream=stream, weight=0.5)
+  shapes_spec = dict(name="coca_shapes/small", weight=0.5)
+  cfg = {**base_config(tmp_path), "image_size": 32,
+         "train": [dict(shapes_spec, caption_weight=0.0), dict(web, caption_weight=2.5)]}
+  its = [data.build_train_iterator(cfg, global_batch_size=8, seed=0, process_index=p,
+                                   process_count=2, tokenizer=tok) for p in range(2)]
+  for _ in range(2):
+    for it in its:
+      batch = next(it)
+      assert batch["caption_weight"].dtype == np.float32 and batch["caption_weight"].shape == (4,)
+      zebra = np.array(["zebra" in tok.decode(t) for t in batch["text"]])
+      np.testing.assert_array_equal(batch["caption_weight"], np.where(zebra, 2.5, 0.0))
+  assert data.batch_fields(cfg) == ("images", "text", "caption_weight")
+  plain = {**cfg, "train": [shapes_spec, web]}
+  assert data.batch_fields(plain) == ("images", "text")
+  it = data.build_train_iterator(plain, global_batch_size=8, seed=0, process_index=0,
+                                 process_count=1, tokenizer=tok)
+  assert set(next(it)) == {"images", "text"}
+  for bad in (-1.0, float("nan"), "1"):
+    with pytest.raises(ValueError, match="caption_weight"):
+      data.build_train_iterator({**cfg, "train": [dict(shapes_spec, caption_weight=bad)]},
+                                global_batch_size=8, seed=0, process_index=0, process_count=1,
+                                tokenizer=tok)

@@ -135,13 +135,37 @@ def test_chunked_caption_loss_matches_whole_logits(tied):
   text = jnp.asarray(text, jnp.int32)
   params = whole.init(jax.random.key(0), images, text)["params"]
 
-  def loss(model):
+  def loss(model, weights=None):
     return lambda p: losses.coca_loss(model.apply({"params": p}, images, text), text,
-                                      pad_id=0)["total"]
-  value, grads = jax.value_and_grad(loss(whole))(params)
-  value_c, grads_c = jax.value_and_grad(loss(chunked))(params)
-  np.testing.assert_allclose(value_c, value, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_c, grads)
+                                      pad_id=0, example_weights=weights)["total"]
+  # Also with per-example caption weights (a dataset's caption_weight), one of them 0.
+  for weights in (None, jnp.asarray([1.0, 0.0, 0.5])):
+    value, grads = jax.value_and_grad(loss(whole, weights))(params)
+    value_c, grads_c = jax.value_and_grad(loss(chunked, weights))(params)
+    np.testing.assert_allclose(value_c, value, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_c, grads)
+
+
+def test_caption_weights_give_a_weighted_token_mean():
+  """Example weights w: sum_b w_b sum_t ce_bt / sum_b w_b n_b (n_b: example b's labels that
+  are not padding); weight 0 leaves an example out as if it were not in the batch."""
+  rng = np.random.default_rng(7)
+  logits = rng.normal(size=(3, 6, 11)).astype(np.float32)
+  labels = rng.integers(1, 11, size=(3, 6))
+  labels[1, 3:] = 0
+  w = np.array([0.5, 2.0, 0.0], np.float32)
+  ce = -np.take_along_axis(np_log_softmax(logits), labels[..., None], -1)[..., 0]
+  mask = labels != 0
+  want = (ce * mask * w[:, None]).sum() / (mask * w[:, None]).sum()
+  got = losses.caption_loss_sum(jnp.asarray(logits), jnp.asarray(labels), 0, jnp.asarray(w))
+  np.testing.assert_allclose(got[0] / got[1], want, rtol=1e-5)
+  kept = losses.caption_loss(jnp.asarray(logits[:2]), jnp.asarray(labels[:2]), 0)
+  only = losses.caption_loss_sum(jnp.asarray(logits), jnp.asarray(labels), 0,
+                                 jnp.asarray([1.0, 1.0, 0.0]))
+  np.testing.assert_allclose(only[0] / only[1], kept, rtol=1e-6)
+  text = np.concatenate([np.full((3, 1), 2), labels], axis=1)
+  assert float(losses.caption_loss_count(jnp.asarray(text), 0, jnp.asarray(w))) == float(
+      (mask * w[:, None]).sum())
 
 
 def test_embedding_distillation_known_values_and_no_gradient_to_the_reference():

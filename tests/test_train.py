@@ -125,13 +125,15 @@ def test_gradient_accumulation_equals_full_batch(chunks):
 
 
 def test_distillation_term_accumulates_exactly_and_vanishes_at_the_reference():
-  """The embedding-distillation term (loss.distill_weight) gives the same parts and gradients
-  over micro-batches as over the whole batch; at the reference params it is 0 and leaves the
-  gradient as it is without the term (1 - cos has a zero gradient at cos = 1)."""
+  """The embedding-distillation term (loss.distill_weight) and per-example caption weights
+  (datasets' caption_weight, one class-name-like half at 0) give the same parts and gradients
+  over micro-batches as over the whole batch; at the reference params the distillation term is
+  0 and leaves the gradient as it is without it (1 - cos has a zero gradient at cos = 1)."""
   model = coca_jax.create_model(MICRO)
   images, text = make_images(8), make_text([5, 12, 7, 9, 6, 10, 8, 11])
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, text))["params"]
-  batch = {"images": images, "text": text}
+  batch = {"images": images, "text": text,
+           "caption_weight": jnp.asarray([1, 0, 1, 0, 1, 0, 2, 0], jnp.float32)}
   noise = jax.tree.map(lambda x: 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
   reference = jax.tree.map(jnp.add, params, noise)
   kw = dict(pad_id=0, weights=(1.0, 2.0, 3.0), reference=reference)

@@ -51,13 +51,13 @@ iterators when several processes share a data_dir, so only one of them generates
 from typing import Dict, Optional, Sequence
 
 from coca_jax.data.config import default_config, resolve
-from coca_jax.data.pipeline import (DataIterator, EvalIterator, build_eval_iterator,
-                                    build_train_iterator)
+from coca_jax.data.pipeline import (DataIterator, EvalIterator, batch_fields,
+                                    build_eval_iterator, build_train_iterator)
 from coca_jax.data.shapes import caption_attribute_counts, caption_attribute_score
 from coca_jax.data.sources import DatasetSpec, Source, open_source, parse_specs
 
-__all__ = ["build_train_iterator", "build_eval_iterator", "class_names", "zero_shot_templates",
-           "caption_attribute_score", "caption_attribute_counts", "prepare", "default_config",
+__all__ = ["build_train_iterator", "batch_fields", "build_eval_iterator", "class_names",
+           "zero_shot_templates", "caption_attribute_score", "caption_attribute_counts", "prepare", "default_config",
            "eval_dataset", "DataIterator", "EvalIterator", "DatasetSpec"]
 
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from coca_jax.data import mixture, preprocess, records, streams
 from coca_jax.data.config import resolve
-from coca_jax.data.sources import DatasetSpec, Source, open_source, parse_specs
+from coca_jax.data.sources import (DatasetSpec, Source, caption_weighted, open_source,
+                                   parse_specs)
 
 STATE_VERSION = 1
 MAX_REPLACEMENTS = 100
@@ -240,8 +241,9 @@ def _check_layout(global_batch_size: int, process_index: int, process_count: int
 
 def build_train_iterator(data_config, *, global_batch_size: int, seed: int, process_index: int,
                          process_count: int, tokenizer) -> DataIterator:
-  """Endless process-local batches {"images": f32 (b, S, S, 3), "text": i32 (b, L)},
-  b = global_batch_size / process_count, from `data_config.train` (one dataset or a mixture)."""
+  """Endless process-local batches {"images": f32 (b, S, S, 3), "text": i32 (b, L)} and, when
+  a dataset sets `caption_weight` (see `batch_fields`), "caption_weight": f32 (b,); b =
+  global_batch_size / process_count, from `data_config.train` (one dataset or a mixture)."""
   _check_layout(global_batch_size, process_index, process_count)
   cfg = resolve(data_config)
   specs = parse_specs(cfg["train"])
@@ -252,7 +254,8 @@ def build_train_iterator(data_config, *, global_batch_size: int, seed: int, proc
           "process_count": process_count,
           "datasets": [s.fingerprint() if s else f"{spec.name}:{spec.path}"
                        for s, spec in zip(random_access, specs)]}
-  train_only = lambda example: {k: example[k] for k in ("images", "text", records.BAD)}  # noqa
+  fields = batch_fields(data_config) + (records.BAD,)
+  train_only = lambda example: {k: example[k] for k in fields}  # noqa: E731
   if info["kind"] == "index":
     examples = _index_examples(random_access, specs, seed, global_batch_size, make)
     read = grain.ReadOptions(num_threads=cfg["num_threads"], prefetch_buffer_size=cfg["prefetch"])
@@ -265,10 +268,18 @@ def build_train_iterator(data_config, *, global_batch_size: int, seed: int, proc
       for i, (spec, src) in enumerate(zip(specs, random_access))]
   slots = mixture.slot_table([s.weight for s in specs], b)
   dataset = streams.StreamDataset(lambda: streams.StreamIterator(
-      readers, slots, make, seed, process_index)).map(train_only).batch(b)
+      readers, slots, make, seed, process_index,
+      caption_weights=[s.caption_weight for s in specs])).map(train_only).batch(b)
   dataset = grain.experimental.ThreadPrefetchIterDataset(
       dataset, prefetch_buffer_size=max(1, cfg["prefetch"] // b))
   return StreamingIterator(dataset, info)
+
+
+def batch_fields(data_config) -> tuple:
+  """The fields of a training batch: ("images", "text"), and "caption_weight" when a dataset of
+  `data_config.train` sets a caption weight other than 1."""
+  weighted = caption_weighted(parse_specs(resolve(data_config)["train"]))
+  return ("images", "text") + (("caption_weight",) if weighted else ())
 
 
 def _index_examples(sources: List[Source], specs: List[DatasetSpec], seed: int, batch: int,
@@ -287,7 +298,8 @@ def _index_examples(sources: List[Source], specs: List[DatasetSpec], seed: int, 
     bad = []
     for _ in range(MAX_REPLACEMENTS):
       try:
-        return {**make(record, rng), records.BAD: ";".join(bad)}
+        return {**make(record, rng), "caption_weight": np.float32(specs[i].caption_weight),
+                records.BAD: ";".join(bad)}
       except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
         bad.append(_reason(e))
         record = sources[i][int(rng.integers(len(sources[i])))]  # deterministic stand-in

@@ -21,6 +21,11 @@ A dataset spec (a dict or ConfigDict; unknown fields are refused):
               image-text pairs: caption = a template (chosen at random) filled with the class name
   templates   a list of "{}" templates, or a name: "coca_shapes", "photo", "clip"
   weight      share of each batch in a mixture
+  caption_weight  weight of this dataset's examples in the caption loss (default 1). 0: they
+              train the contrastive loss only, e.g. class names in prompt templates, so that the
+              captioner learns from real captions alone. The caption loss is the weighted mean
+              over caption tokens; batches carry "caption_weight" (float32 (B,)) only when some
+              dataset sets a weight other than 1
   data_dir    TFDS data dir for this dataset (default: config.data.data_dir)
   max_side    conversion only: shorter image side kept at most this (pixels)
 
@@ -60,6 +65,7 @@ class DatasetSpec:
   label_key: Optional[str] = None
   templates: Any = None
   weight: float = 1.0
+  caption_weight: float = 1.0
   data_dir: Optional[str] = None
   max_side: int = local.MAX_SIDE
 
@@ -78,6 +84,10 @@ class DatasetSpec:
     if spec.get("format") == "folder" and (spec.get("stream") or not spec.get("path")):
       raise ValueError(f"{spec.get('name')}: format 'folder' needs a path (the folder of class "
                        "sub-folders) and reads it in place (stream=False)")
+    caption_weight = spec.get("caption_weight", 1.0)
+    if not isinstance(caption_weight, (int, float)) or not 0 <= caption_weight < float("inf"):
+      raise ValueError(f"{spec.get('name')}: caption_weight {caption_weight!r}: a finite number "
+                       ">= 0 (0: no caption loss on this dataset's examples)")
     if isinstance(spec.get("templates"), list):
       spec["templates"] = tuple(spec["templates"])
     return cls(**spec)
@@ -88,6 +98,11 @@ class DatasetSpec:
     if self.templates not in TEMPLATES:
       raise ValueError(f"templates {self.templates!r}: a list or one of {sorted(TEMPLATES)}")
     return TEMPLATES[self.templates]
+
+
+def caption_weighted(specs: Sequence[DatasetSpec]) -> bool:
+  """Whether batches of these datasets carry per-example caption-loss weights."""
+  return any(spec.caption_weight != 1.0 for spec in specs)
 
 
 def parse_specs(datasets) -> List[DatasetSpec]:

@@ -11,7 +11,7 @@ Datasets that allow random access can take part in a streamed mixture: `IndexRea
 process its strided share of their shuffled, repeated order.
 """
 import hashlib
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import logging
 import grain
@@ -142,9 +142,12 @@ class StreamIterator(grain.DatasetIterator):
 
   def __init__(self, readers: Sequence, slots: np.ndarray,
                make_example: Callable[[Dict, np.random.Generator], Dict], seed: int,
-               process_index: int, max_failures: int = 1000):
+               process_index: int, max_failures: int = 1000,
+               caption_weights: Optional[Sequence[float]] = None):
     super().__init__()
     self.readers, self.slots, self.make_example = list(readers), slots, make_example
+    # Each reader's examples' caption-loss weight ("caption_weight"; 1 when not given).
+    self.caption_weights = list(caption_weights or [1.0] * len(self.readers))
     self.seed, self.process_index = seed, process_index
     self.max_failures = max_failures
     self.slot = 0
@@ -161,7 +164,9 @@ class StreamIterator(grain.DatasetIterator):
       try:
         if "error" in raw:
           raise records.BadRecord(raw["error"])
-        example = {**self.make_example(raw, rng), records.BAD: ";".join(bad)}
+        example = {**self.make_example(raw, rng),
+                   "caption_weight": np.float32(self.caption_weights[source]),
+                   records.BAD: ";".join(bad)}
         break
       except Exception as e:  # pylint: disable=broad-except  (nothing may stop training)
         bad.append(getattr(e, "reason", f"read_failed:{type(e).__name__}"))
