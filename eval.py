@@ -29,6 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from coca_jax import generation_flags  # noqa: E402
+
 config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh, evals); "
                                 "default: the checkpoint's own (workdir config.json, or the "
                                 "settings saved with an export).",
@@ -48,13 +50,7 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.data.data_
 flags.DEFINE_string("manual_dir", None, "Prepare the TFDS datasets from this manual dir first.")
 flags.DEFINE_integer("num_captions", 0, "Images to caption (0: the whole split).")
 flags.DEFINE_integer("batch_size", None, "Global eval batch (default: config.evals.batch_size).")
-flags.DEFINE_enum("strategy", "greedy", ["greedy", "beam", "sample"], "Caption decoding.")
-flags.DEFINE_integer("num_beams", 6, "Beam search width.")
-flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
-flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus probability.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-flags.DEFINE_float("repetition_penalty", 1.0, "Seen tokens' scores / this (x this if < 0).")
-flags.DEFINE_integer("no_repeat_ngram_size", 0, "No n-gram of this size twice (0: off).")
+generation_flags.define(num_beams=6)
 flags.DEFINE_string("output", None, "Directory for results.json, captions and pictures.")
 flags.mark_flags_as_required(["checkpoint"])
 
@@ -94,8 +90,7 @@ def configure(config, f):
     if f.data_dir is not None:
       config.data.data_dir = f.data_dir
     generation = dict(ev.get("generation", None) or {})
-    for name in ("strategy", "num_beams", "top_k", "top_p", "temperature",
-                 "repetition_penalty", "no_repeat_ngram_size"):
+    for name in generation_flags.NAMES:
       if f[name].present or name not in generation:
         generation[name] = f[name].value
     if generation["strategy"] != "beam":

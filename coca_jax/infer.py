@@ -30,6 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from coca_jax import generation_flags  # noqa: E402
+
 OUTPUTS = ("image_embeddings", "text_embeddings", "captions")
 
 config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh); default: "
@@ -46,13 +48,7 @@ flags.DEFINE_string("text_key", None, "Caption feature of the dataset.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.data.data_dir).")
 flags.DEFINE_integer("batch_size", 256, "Global batch (rounded up to fit the mesh).")
 flags.DEFINE_string("output", None, "Directory for the arrays and JSON lines.")
-flags.DEFINE_enum("strategy", "greedy", ["greedy", "beam", "sample"], "Caption decoding.")
-flags.DEFINE_integer("num_beams", 4, "Beam search width.")
-flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
-flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus probability.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-flags.DEFINE_float("repetition_penalty", 1.0, "Seen tokens' scores / this (x this if < 0).")
-flags.DEFINE_integer("no_repeat_ngram_size", 0, "No n-gram of this size twice (0: off).")
+generation_flags.define(num_beams=4)
 flags.DEFINE_integer("max_len", 0, "Longest caption in tokens (0: config.data.text_length).")
 flags.DEFINE_integer("min_len", 0, "No end token before this many tokens.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -250,10 +246,7 @@ def main(argv):
   if f.text_key:
     from coca_jax.evals import common  # pylint: disable=import-outside-toplevel
     dataset = {**common.dataset_spec(config, dataset), "text_key": f.text_key}
-  generation = dict(strategy=f.strategy, min_len=f.min_len, num_beams=f.num_beams,
-                    top_k=f.top_k, top_p=f.top_p, temperature=f.temperature,
-                    repetition_penalty=f.repetition_penalty,
-                    no_repeat_ngram_size=f.no_repeat_ngram_size)
+  generation = dict(generation_flags.values(f), min_len=f.min_len)
   infer(config, f.checkpoint, f.output, dataset, tuple(f.outputs), f.texts, generation,
         f.seed, f.batch_size)
 

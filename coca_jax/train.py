@@ -106,9 +106,13 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       mesh, rules)
   if fresh and config.init_from:
     state = _init_from(config, state, state_shardings, tx, prefixes)
-  # The distillation reference: the starting params, read again on resume (not checkpointed).
-  reference = (distillation_reference(config, state_shardings["params"])
-               if program.distill_weight else None)
+  # The distillation reference: the starting params (not checkpointed). A fresh run copies
+  # the params it just loaded (the state's own are donated to the step); a resumed run reads
+  # init_from again.
+  reference = None
+  if program.distill_weight:
+    reference = (jax.tree.map(jnp.copy, state["params"]) if fresh and config.init_from
+                 else distillation_reference(config, state_shardings["params"]))
   # Frozen params leave the state: the step neither donates nor updates them.
   state, frozen = _split_state(state, prefixes)
   if prefixes:
@@ -221,11 +225,10 @@ def step_program(config, model, mesh, rules) -> StepProgram:
 
   # The step's arguments: the state less its frozen params, the batch, the frozen params and
   # the distillation reference (all params, only with a distillation weight).
-  trainable, frozen = (freeze.split(state_shardings["params"], prefixes))
+  trainable, frozen = freeze.split(state_shardings["params"], prefixes)
   trainable_shardings = {**state_shardings, "params": trainable}
-  abstract_trainable = {**abstract_state,
-                        "params": freeze.split(abstract_state["params"], prefixes)[0]}
-  abstract_frozen = freeze.split(abstract_state["params"], prefixes)[1]
+  abstract_trainable_params, abstract_frozen = freeze.split(abstract_state["params"], prefixes)
+  abstract_trainable = {**abstract_state, "params": abstract_trainable_params}
   reference_shardings = state_shardings["params"] if distill_weight else None
   abstract_reference = abstract_state["params"] if distill_weight else None
   batch = config.global_batch_size

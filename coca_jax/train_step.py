@@ -45,6 +45,11 @@ def reference_embeddings(model, reference, batch):
   return image, text
 
 
+def _distill_weight(weights) -> float:
+  """The distillation weight of (contrastive, caption[, distillation]) loss weights."""
+  return weights[2] if len(weights) > 2 else 0.0
+
+
 def _with_distillation(parts, outputs, reference, weight):
   """Adds the distillation part (and its weighted share of the total) when there is a
   reference."""
@@ -68,7 +73,7 @@ def full_batch_grads(model, params, batch, rng, *, pad_id, weights, frozen=None,
     parts = losses.coca_loss(outputs, batch["text"], pad_id=pad_id,
                              contrastive_weight=weights[0], caption_weight=weights[1],
                              example_weights=batch.get("caption_weight"))
-    parts = _with_distillation(parts, outputs, ref, weights[2] if len(weights) > 2 else 0.0)
+    parts = _with_distillation(parts, outputs, ref, _distill_weight(weights))
     return parts["total"], parts
   (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return parts, grads
@@ -98,7 +103,7 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
   micro = _split(batch, k)
   rngs = jax.random.split(rng, k)
   w_con, w_cap = weights[:2]
-  w_distill = weights[2] if len(weights) > 2 else 0.0
+  w_distill = _distill_weight(weights)
 
   def embed(args):
     mb, r = args
