@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from coca_jax import generation_flags  # noqa: E402
+from coca_jax.inference import flags as generation_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (data fields, mesh, evals); "
                                 "default: the checkpoint's own (workdir config.json, or the "
@@ -106,13 +106,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=import-outside-toplevel
   from coca_jax.data.pipeline import hide_accelerators_from_tensorflow  # noqa: E402
-  from coca_jax.platforms import skip_absent_tpu  # noqa: E402
+  from coca_jax.parallel.platforms import skip_absent_tpu  # noqa: E402
   skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
   hide_accelerators_from_tensorflow()
   from coca_jax.evals import evaluate  # noqa: E402
   # pylint: enable=import-outside-toplevel
   f = flags.FLAGS
-  from coca_jax import train_config  # noqa: E402  pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from coca_jax.train import config as train_config  # noqa: E402
   # Without --config: the workdir's own config, or the settings saved with an export.
   config = f.config if f.config is not None else train_config.from_checkpoint(f.checkpoint)
   config = configure(config, f)

@@ -21,7 +21,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # progress lines only; --verbosity=0 for logs
     logging.set_verbosity(logging.WARNING)
   from coca_jax.data.pipeline import hide_accelerators_from_tensorflow  # noqa: E402
-  from coca_jax.platforms import skip_absent_tpu  # noqa: E402
+  from coca_jax.parallel.platforms import skip_absent_tpu  # noqa: E402
   skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
   hide_accelerators_from_tensorflow()
   from coca_jax.train import train_and_evaluate  # noqa: E402

@@ -34,18 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import coca_jax  # noqa: E402
-from coca_jax import decode  # noqa: E402
+from coca_jax.inference import decode  # noqa: E402
 
-TINY_OPEN_CLIP = dict(  # configs/tiny.py's sizes, open_clip's layout
-    embed_dim=64,
-    vision_cfg=dict(image_size=32, patch_size=4, width=64, head_width=32, layers=2,
-                    attentional_pool=True, attn_pooler_queries=17, attn_pooler_heads=2,
-                    output_tokens=True),
-    text_cfg=dict(context_length=30, vocab_size=1000, width=64, heads=2, layers=2,
-                  embed_cls=True, output_tokens=True),
-    multimodal_cfg=dict(context_length=30, vocab_size=1000, width=64, heads=2, layers=2),
-)
-TINY_OPEN_CLIP_CONFIG = dict(
+TINY_OPEN_CLIP_CONFIG = dict(  # configs/tiny.py's sizes, open_clip's layout
     vision=dict(image_size=32, patch_size=4, width=64, depth=2, num_heads=2, mlp_dim=256,
                 class_token=True, pre_norm=True, patch_bias=False),
     pooler=dict(layout="single", num_queries=17, num_heads=2),
@@ -160,7 +151,8 @@ def open_clip_model(name, seed=0):
   if name == "coca_ViT-B-32":
     model = open_clip.create_model(name, pretrained=None)
   else:
-    model = open_clip.coca_model.CoCa(**TINY_OPEN_CLIP)
+    kwargs, _ = coca_jax.export.open_clip_config(TINY_OPEN_CLIP_CONFIG)  # the same model
+    model = open_clip.coca_model.CoCa(**kwargs)
   proj = model.text_decoder.text_projection
   with torch.no_grad():
     proj.normal_(std=proj.shape[0] ** -0.5)

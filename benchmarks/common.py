@@ -1,7 +1,7 @@
 """Shared by the benchmark scripts: config loading that works on a bare accelerator host, the
 fields every JSON line carries, synthetic batches and timing.
 
-Config files build on `coca_jax.train_config.base_config()`, which needs ml_collections and
+Config files build on `coca_jax.train.config.base_config()`, which needs ml_collections and
 imports the data pipeline (tensorflow-datasets, grain). A host without them (a GPU machine that
 only has jax) still runs the benchmarks: the config file then runs against a stand-in
 `base_config()` that accepts any field, and only `config.model` (a plain dict) is used.
@@ -59,19 +59,19 @@ def load_config(path, arg=None):
     module = _exec_config(path)
     loader = "ml_collections"
   else:
-    stand_in = types.ModuleType("coca_jax.train_config")
+    stand_in = types.ModuleType("coca_jax.train.config")
     stand_in.base_config = _Fields
-    saved = sys.modules.get("coca_jax.train_config")
-    sys.modules["coca_jax.train_config"] = stand_in
-    sys.modules.pop("coca_jax.paper_recipe", None)  # re-import it against the stand-in
+    saved = sys.modules.get("coca_jax.train.config")
+    sys.modules["coca_jax.train.config"] = stand_in
+    sys.modules.pop("coca_jax.train.paper_recipe", None)  # re-import it against the stand-in
     try:
       module = _exec_config(path)
     finally:
-      sys.modules.pop("coca_jax.paper_recipe", None)
+      sys.modules.pop("coca_jax.train.paper_recipe", None)
       if saved is None:
-        sys.modules.pop("coca_jax.train_config", None)
+        sys.modules.pop("coca_jax.train.config", None)
       else:
-        sys.modules["coca_jax.train_config"] = saved
+        sys.modules["coca_jax.train.config"] = saved
     loader = "stand-in (no ml_collections)"
   config = module.get_config(arg) if arg is not None else module.get_config()
   return config, loader

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import coca_jax  # noqa: E402
-from coca_jax import decode  # noqa: E402
+from coca_jax.inference import decode  # noqa: E402
 
 TEXT_TOWERS = ("text", "decoder")  # params a decoding step reads whole
 

@@ -1,6 +1,6 @@
 """Image and text encoding throughput (embeddings only, as retrieval and zero-shot use them):
 random weights, synthetic inputs, median of --runs calls after a compiling call. One JSON line
-per (config, tower, batch), with model GFLOP/s from `coca_jax.flops` (image: patch embedding,
+per (config, tower, batch), with model GFLOP/s from `coca_jax.tools.flops` (image: patch embedding,
 ViT and poolers; text: the unimodal tower) and the fraction of --peak_tflops.
 
   python benchmarks/encode.py --configs=configs/bench_small.py,configs/openclip_b32.py
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import coca_jax  # noqa: E402
-from coca_jax import flops as flops_lib  # noqa: E402
+from coca_jax.tools import flops as flops_lib  # noqa: E402
 
 
 def measure(path, model_config, batch, runs, peak_tflops):

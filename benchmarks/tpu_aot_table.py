@@ -1,7 +1,7 @@
 """The paper's models at the paper's global batch (65,536) compiled for TPU pods on a CPU machine
-(coca_jax.aot; needs the `tpu` extra): per-chip memory against HBM, with and without remat.
+(coca_jax.tools.aot; needs the `tpu` extra): per-chip memory against HBM, with and without remat.
 
-Each row is its own `python -m coca_jax.aot` process (a failed or oversized compile leaves the
+Each row is its own `python -m coca_jax.tools.aot` process (a failed or oversized compile leaves the
 others standing), appended as a JSON line to benchmarks/results/tpu_aot.jsonl; the markdown
 table benchmarks/results/tpu_aot.md is rewritten from that file after every row. Rows already
 in the JSON file are skipped, so an interrupted run continues where it stopped. Where the
@@ -42,7 +42,7 @@ def load_rows(path):
 
 
 def compile_row(model, topology, remat, accum, batch, jsonl, timeout):
-  command = [sys.executable, "-m", "coca_jax.aot", f"--config=configs/{model}.py",
+  command = [sys.executable, "-m", "coca_jax.tools.aot", f"--config=configs/{model}.py",
              f"--topology={topology}", "--mesh=auto", f"--remat_policy={remat}",
              f"--config.global_batch_size={batch}", f"--config.grad_accum_steps={accum}",
              f"--output={jsonl}"]
@@ -150,7 +150,7 @@ def markdown(rows):
       "",
       "\\* XLA's cost analysis counts a scanned layer stack's loop body once, not once per "
       "layer, so with scanned layers its FLOP count is far below the model's "
-      "(`model_flops_per_chip` in the JSON lines, from coca_jax.flops).",
+      "(`model_flops_per_chip` in the JSON lines, from coca_jax.tools.flops).",
   ]
   return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 """Training-step throughput and model-FLOP utilisation on synthetic in-memory data.
 
 Prints one JSON line per measurement: median ms/step after warm-up, examples/s, compile time
-(reported apart), model FLOPs per example (coca_jax.flops, per tower) next to XLA's own count
+(reported apart), model FLOPs per example (coca_jax.tools.flops, per tower) next to XLA's own count
 of the compiled step, achieved TFLOP/s and MFU against the peaks given on the command line.
 Imports neither tensorflow, tensorflow-datasets nor clu, so it runs on a bare accelerator host.
 
@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import coca_jax  # noqa: E402
-from coca_jax import flops as flops_lib  # noqa: E402
-from coca_jax import losses  # noqa: E402
+from coca_jax.tools import flops as flops_lib  # noqa: E402
+from coca_jax.train import losses  # noqa: E402
 
 
 def make_train_step(model, optimizer, pad_id):

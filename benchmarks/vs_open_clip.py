@@ -4,7 +4,7 @@ weights, batch, losses (caption 2, contrastive 1), AdamW and float32, timed in o
 Each (config, thread setting) runs in its own process (XLA's thread flags must be set before
 jax starts); inside it the two implementations alternate step by step, so that both see the
 same machine load. One JSON line per implementation, then one with the ratio. Model FLOPs are
-`coca_jax.flops` (per tower, training = 3x forward), the same figure for both sides.
+`coca_jax.tools.flops` (per tower, training = 3x forward), the same figure for both sides.
 
   python benchmarks/vs_open_clip.py --peak_gflops=134        # bench-small and openclip_b32,
                                                               # all cores and one thread
@@ -92,7 +92,7 @@ def worker(args):
   import common  # pylint: disable=g-import-not-at-top
   from train_step import make_train_step  # pylint: disable=g-import-not-at-top
   import coca_jax  # pylint: disable=g-import-not-at-top
-  from coca_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from coca_jax.tools import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from coca_jax.convert.open_clip import convert_state_dict  # pylint: disable=g-import-not-at-top
 
   path = args.configs

@@ -7,7 +7,7 @@ batch 32.
   python benchmarks/vs_open_clip.py --configs=configs/bench_small.py --peak_gflops=134
   python benchmarks/train_step.py --config=configs/bench_small.py --batch_sizes=32
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 # The same model for open_clip.coca_model.CoCa(**OPEN_CLIP) (vision heads = width // head_width).
 OPEN_CLIP = dict(

@@ -27,7 +27,7 @@ after: zero-shot top-1 on a labelled set (evals.datasets.zeroshot: coca_shapes v
 test; e.g. imagenet2012 for natural images), CIDEr, BLEU-4, and on coca_shapes the caption
 attribute score and recall.
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 DISTILL_WEIGHT = 10.0  # measured: README "Caption fine-tuning that keeps zero-shot"

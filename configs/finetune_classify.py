@@ -11,7 +11,7 @@ On the embedded dataset instead:
       --config.data.eval.split=validation --config.global_batch_size=64
 Head: --config.classify.features=embedding|encoder_mean|attentive, --config.classify.hidden_dim=N.
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ class sub-folders (captions from prompt templates), as the README's "Train on yo
 The paths left empty here must be given (from the command line as above, or in a copy of this
 file). Sizes are the tiny config's; raise them with your data.
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 def get_config():

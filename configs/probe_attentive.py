@@ -6,7 +6,7 @@ classifier; the encoder gets no update and no optimizer state.
       --config.init_from=/tmp/coca_tiny
 Options and ImageNet: as in configs/probe_linear.py.
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ Another feature: --config.classify.features=encoder_mean (the encoder's tokens a
 The encoder runs over the train split once (centre crops) and the head trains on the stored
 features (workdir/feature_cache); --config.classify.cache_features=False runs it every step.
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 def get_config():

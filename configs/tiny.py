@@ -2,9 +2,9 @@
 layout: cascade poolers, one MLP per multimodal layer).
 
   python train.py --config=configs/tiny.py --workdir=/tmp/coca_tiny
-  python -m coca_jax.model.summary --config=configs/tiny.py
+  python -m coca_jax.tools.summary --config=configs/tiny.py
 """
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ import types
 import jax
 import pytest
 
-from coca_jax import aot
+from coca_jax.tools import aot
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -72,13 +72,15 @@ def test_mesh_choice():
 
 
 def test_aot_lowers_the_program_training_runs(tmp_path):
-  """aot.lower_train_step builds the step the trainer runs (train.step_program): the same
+  """aot.lower_train_step builds the step the trainer runs (program.step_program): the same
   lowered text, shardings included, for configs/tiny.py and for the caption fine-tune with a
   tiny export as init_from, where frozen params and the distillation reference are separate,
   non-donated arguments; leaving out the freeze or the reference gives another program."""
   # pylint: disable=import-outside-toplevel
   import flax.linen as nn
-  from coca_jax import sharding, train, train_config
+  from coca_jax.parallel import sharding
+  from coca_jax.train import program as program_lib
+  from coca_jax.train import config as train_config
   from coca_jax.model import create_model
   from train_fixtures import random_micro_export
   # pylint: enable=import-outside-toplevel
@@ -92,12 +94,12 @@ def test_aot_lowers_the_program_training_runs(tmp_path):
     config.init_from, config.global_batch_size = export, 8
     return config
 
-  def trainer_text(config):  # as train.train_and_evaluate builds and lowers it
+  def trainer_text(config):  # as the trainer builds and lowers it
     config = train_config.resolve(config)
     mesh = sharding.config_mesh(config)
-    rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in config.logical_rules)
+    rules = sharding.config_rules(config)
     model = create_model(config.model, deterministic=True)
-    program = train.step_program(config, model, mesh, rules)
+    program = program_lib.step_program(config, model, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       return program, program.lower().as_text()
 

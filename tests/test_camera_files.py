@@ -76,7 +76,7 @@ def test_conversion_bakes_the_orientation_in(orientation):
 def test_pipeline_and_folder_reads_are_upright(tmp_path):
   """Training / evaluation examples and image folders decode through the same path."""
   from coca_jax import tokenizers  # pylint: disable=g-import-not-at-top
-  from coca_jax.evals.folder import FolderSource  # pylint: disable=g-import-not-at-top
+  from coca_jax.data.folder import FolderSource  # pylint: disable=g-import-not-at-top
   stored = _block_image()
   (tmp_path / "cat").mkdir()
   (tmp_path / "cat" / "phone.jpg").write_bytes(jpeg_with_orientation(stored, 6))

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from coca_jax import data, sharding
+from coca_jax import data
+from coca_jax.parallel import sharding
 from coca_jax.data import preprocess
 from coca_jax.evals import caption_scores as cs
 from coca_jax.evals.captions import ShapesCaptionEvaluator

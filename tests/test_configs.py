@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from coca_jax.model.summary import count_params
+from coca_jax.tools.summary import count_params
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -69,7 +69,7 @@ def test_paper_configs_carry_the_paper_recipe(name):
 
 @pytest.mark.parametrize("name", ["coca_base", "coca_2b"])
 def test_paper_smoke_variant_passes_the_checks(name):
-  from coca_jax import config_checks  # pylint: disable=import-outside-toplevel
+  from coca_jax.train import config_checks  # pylint: disable=import-outside-toplevel
   config = load_config_arg(name, "smoke")
   config.global_batch_size, config.num_train_steps = 8, 2
   config_checks.check(config)

@@ -10,8 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from coca_jax import sharding, tokenizers
+from coca_jax import tokenizers
+from coca_jax.parallel import sharding
 from coca_jax.data import local, sources
+from coca_jax.data.spec import DatasetSpec
 from test_eval_evaluators import COLOURS, ColourModel, _config, _folder
 
 NAMES = list(COLOURS)
@@ -25,7 +27,7 @@ def colour_files(root):
 
 def converted(spec, tmp_path):
   builder = local.prepare(spec, str(tmp_path / "tfds"))
-  source = sources.Source(sources.DatasetSpec.parse(dict(
+  source = sources.Source(DatasetSpec.parse(dict(
       format="tfds", path=builder.data_dir, split="train")))
   captions = sorted(sorted(c.decode() for c in source[i]["captions"])
                     for i in range(len(source)))

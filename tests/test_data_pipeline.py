@@ -5,7 +5,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from coca_jax import data, tokenizers
-from coca_jax.data.checkpoint import IteratorRestore, IteratorSave
+from coca_jax.checkpoints.data_iterator import IteratorRestore, IteratorSave
 
 B = 8
 

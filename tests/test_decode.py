@@ -1,4 +1,5 @@
-"""KV-cached generation (coca_jax.decode) against full recomputation, brute force and open_clip.
+"""KV-cached generation (coca_jax.inference.decode) against full recomputation, brute force and
+open_clip.
 
 Random micro models repeat a few tokens, so each model is biased first: the decoder's output
 columns of two tokens it likes are swapped with the end and pad ids' columns, so that captions
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 import coca_jax
-from coca_jax import decode
+from coca_jax.inference import decode
 from model_fixtures import BOS, EOS, MICRO, MICRO_OPEN_CLIP, PAD, config, make_images
 
 MAX_LEN, MIN_LEN = 9, 3

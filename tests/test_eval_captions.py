@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from coca_jax import sharding, tokenizers
+from coca_jax import tokenizers
+from coca_jax.parallel import sharding
 from coca_jax.evals.captions import GALLERY_FILE, ShapesCaptionEvaluator
 from coca_jax.model import create_model
 from train_fixtures import micro_config

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coca_jax import params_checkpoint
+from coca_jax.checkpoints import params_dir as params_dir_lib
 from coca_jax.evals import imagenet
 from coca_jax.model import create_model
 from test_train_processes import free_port
@@ -33,7 +33,7 @@ def params_dir(tmp_path_factory):
                       jnp.zeros((1, length), jnp.int32))["params"]
   params = nn.unbox(params)
   directory = tmp_path_factory.mktemp("params")
-  params_checkpoint.save(str(directory), params, config.model)
+  params_dir_lib.save(str(directory), params, config.model)
   return directory
 
 

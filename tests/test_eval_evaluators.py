@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coca_jax import sharding, tokenizers
+from coca_jax import tokenizers
+from coca_jax.parallel import sharding
 from coca_jax.data import preprocess
 from coca_jax.evals import build, zero_shot
 from coca_jax.model import create_model

@@ -7,9 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from coca_jax import sharding, tokenizers
+from coca_jax import tokenizers
+from coca_jax.parallel import sharding
 from coca_jax.evals import build, common, imagenet
-from coca_jax.evals.folder import FolderSource, class_names_for, sort_classes
+from coca_jax.data.folder import FolderSource, class_names_for, sort_classes
 from test_eval_evaluators import COLOURS, ColourModel, _config
 
 IMAGENETTE = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916",

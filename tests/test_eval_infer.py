@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coca_jax import data, params_checkpoint, tokenizers
-from coca_jax.infer import infer
+from coca_jax import data, tokenizers
+from coca_jax.checkpoints import params_dir
+from coca_jax.inference.batch import infer
 from coca_jax.model import create_model
 from train_fixtures import ROOT, micro_config, subprocess_env
 
@@ -26,7 +27,7 @@ def saved(tmp_path_factory):
   params = nn.unbox(model.init(jax.random.key(5), jnp.zeros((1, 16, 16, 3)),
                                jnp.zeros((1, 16), jnp.int32))["params"])
   directory = tmp_path_factory.mktemp("params")
-  params_checkpoint.save(str(directory), params, config.model)
+  params_dir.save(str(directory), params, config.model)
   return directory, model, params
 
 
@@ -64,7 +65,7 @@ def test_infer_command_line(tmp_path, saved):
   directory, _, _ = saved
   (tmp_path / "texts.txt").write_text("a red circle\n\na blue square on the left\n")
   config = ROOT / "configs" / "caption_finetune.py"  # model "init_from", text length 0
-  command = [sys.executable, "-m", "coca_jax.infer", f"--config={config}",
+  command = [sys.executable, "-m", "coca_jax.inference.batch", f"--config={config}",
              f"--checkpoint={directory}", f"--dataset={SPLIT}",
              "--outputs=text_embeddings,captions", f"--texts={tmp_path / 'texts.txt'}",
              "--strategy=beam", "--num_beams=2", "--batch_size=8",

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from coca_jax import params_checkpoint, train_config
+from coca_jax.checkpoints import params_dir
+from coca_jax.train import config as train_config
 from coca_jax.export import export
 from train_fixtures import ROOT, micro_config, run_train, subprocess_env
 
@@ -52,15 +53,15 @@ def test_same_results_with_and_without_a_config(saved, form):
 
 
 def test_exports_record_input_settings(saved):
-  data = params_checkpoint.load_data_config(str(saved / "export"))
+  data = params_dir.load_data_config(str(saved / "export"))
   assert data == {"normalization": "openai_clip", "image_size": 16, "text_length": 16}
 
 
 def test_older_exports_fall_back_and_say_so(saved, tmp_path, capsys):
   old = tmp_path / "old"
   shutil.copytree(saved / "export", old)
-  (old / params_checkpoint.DATA_CONFIG).unlink()
-  (old / params_checkpoint.TOKENIZER).unlink()
+  (old / params_dir.DATA_CONFIG).unlink()
+  (old / params_dir.TOKENIZER).unlink()
   config = train_config.from_checkpoint(str(old))
   out = capsys.readouterr().out
   assert "CLIP's BPE" in out and "OpenAI's normalisation" in out
@@ -85,9 +86,9 @@ def test_eval_command_without_config(saved, tmp_path):
 
 def test_infer_command_without_config(saved, tmp_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from coca_jax.infer import infer  # pylint: disable=g-import-not-at-top
+  from coca_jax.inference.batch import infer  # pylint: disable=g-import-not-at-top
   result = subprocess.run(
-      [sys.executable, "-m", "coca_jax.infer", f"--checkpoint={saved / 'workdir'}",
+      [sys.executable, "-m", "coca_jax.inference.batch", f"--checkpoint={saved / 'workdir'}",
        f"--dataset={DATASET}", "--outputs=image_embeddings", "--batch_size=8",
        f"--output={tmp_path / 'out'}"], env=subprocess_env(), capture_output=True, text=True,
       timeout=300, cwd=ROOT)

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coca_jax import export, params_checkpoint, tokenizers
+from coca_jax import export, tokenizers
+from coca_jax.checkpoints import params_dir
 from coca_jax.convert.open_clip import convert_state_dict, to_open_clip_state_dict
 from coca_jax.model import create_model
-from coca_jax.model.summary import abstract_params
+from coca_jax.tools.summary import abstract_params
 from model_fixtures import MICRO
 
 torch = pytest.importorskip("torch")
@@ -42,7 +43,7 @@ def small():
 @pytest.fixture()
 def checkpoint(small, tmp_path):
   path = str(tmp_path / "converted")
-  params_checkpoint.save(path, small[2], SMALL_CONFIG)
+  params_dir.save(path, small[2], SMALL_CONFIG)
   return path
 
 
@@ -155,14 +156,14 @@ def test_bfloat16_export_with_clip_tokenizer(small, checkpoint, tmp_path):
 
 
 def test_default_tokenizer(small, checkpoint, tmp_path):
-  assert export.default_tokenizer(checkpoint, params_checkpoint.load_model_config(checkpoint)) \
+  assert export.default_tokenizer(checkpoint, params_dir.load_model_config(checkpoint)) \
       is None
-  cfg = params_checkpoint.load_model_config(checkpoint)
+  cfg = params_dir.load_model_config(checkpoint)
   clip_vocab = dataclasses.replace(
       cfg, text=dataclasses.replace(cfg.text, vocab_size=export.CLIP_VOCAB_SIZE))
   assert export.default_tokenizer(checkpoint, clip_vocab) == "clip_bpe"
   saved = str(tmp_path / "with_tokenizer")
-  params_checkpoint.save(saved, small[2], SMALL_CONFIG, tokenizer="embedded")
+  params_dir.save(saved, small[2], SMALL_CONFIG, tokenizer="embedded")
   tokenizer = export.default_tokenizer(saved, clip_vocab)
   assert isinstance(tokenizer, tokenizers.SentencePieceTokenizer)
   with pytest.raises(FileExistsError):

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from coca_jax import checkpoint, freeze
+from coca_jax import checkpoints
+from coca_jax.train import freeze
 from coca_jax.evals import evaluate
 from coca_jax.model.config import from_dict
 from coca_jax.train import train_and_evaluate
@@ -48,7 +49,7 @@ def test_classification_fine_tune_end_to_end_on_imagenet_from_a_manual_dir(expor
   assert 0 <= result["classify/top1"] <= result["classify/top5"] <= 1
   # End to end: the encoder moved, every part of it with optimizer state.
   saved = checkpoint_tree(tmp_path / "run")
-  loaded, _ = checkpoint.load_params(export)
+  loaded, _ = checkpoints.load_params(export)
   moved = jax.tree.map(lambda a, b: not _equal(a, b), saved["params"]["visual"],
                        loaded["visual"])
   assert all(jax.tree.leaves(moved))
@@ -73,7 +74,7 @@ def test_caption_fine_tune_leaves_contrastive_params_untouched(export, tmp_path)
   result = train_and_evaluate(config, str(tmp_path / "run"))
   assert "captions/cider" in result and "captions/bleu4" in result
   saved = checkpoint_tree(tmp_path / "run")
-  loaded, _ = checkpoint.load_params(export)
+  loaded, _ = checkpoints.load_params(export)
   prefixes = freeze.contrastive_only(from_dict(micro_config().model))
   assert set(prefixes) >= {"pooling/contrastive_pooler", "pooling/proj", "text/proj",
                            "logit_scale"}
@@ -127,7 +128,7 @@ def test_caption_fine_tune_through_the_embedding_path_keeps_zero_shot_exactly(
   config = _tiny_caption_fine_tune(export, freeze=("embedding_path",))
   result = train_and_evaluate(config, str(tmp_path / "run"))
   saved = checkpoint_tree(tmp_path / "run")
-  loaded, _ = checkpoint.load_params(export)
+  loaded, _ = checkpoints.load_params(export)
   kept_saved, trained_saved = freeze.split(saved["params"], freeze.embedding_path())[::-1]
   kept_loaded, trained_loaded = freeze.split(loaded, freeze.embedding_path())[::-1]
   assert set(trained_saved) == {"decoder"}
@@ -160,7 +161,7 @@ def test_distillation_toward_the_starting_model_resumes_exactly(export, tmp_path
   out = capsys.readouterr().out
   assert "distill " in next(line for line in out.splitlines() if line.startswith("step 1/4"))
   whole = checkpoint_tree(tmp_path / "run")
-  assert set(whole["params"]) == set(checkpoint.load_params(export)[0])
+  assert set(whole["params"]) == set(checkpoints.load_params(export)[0])
   shutil.rmtree(tmp_path / "run" / "checkpoints" / "4")
   train_and_evaluate(_tiny_caption_fine_tune(export, **changes), str(tmp_path / "run"))
   assert "resumed from" in capsys.readouterr().out

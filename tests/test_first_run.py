@@ -4,7 +4,8 @@ machine without TPU chips, Orbax's missing-metadata warning) is shown."""
 import logging
 import subprocess
 
-from coca_jax import checkpoint, platforms
+from coca_jax import checkpoints
+from coca_jax.parallel import platforms
 from train_fixtures import ROOT, subprocess_env, train_command
 
 NOISE = ("could not determine TPU accelerator type", "unexpected worker hostname",
@@ -34,7 +35,7 @@ def test_first_run_lines_come_before_the_first_step(tmp_path):
   handler.emit = records.append
   logger.addHandler(handler)
   try:
-    checkpoint.load_params(tmp_path / "run")
+    checkpoints.load_params(tmp_path / "run")
   finally:
     logger.removeHandler(handler)
   assert not any("Metadata file" in r.getMessage() for r in records)

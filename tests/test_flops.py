@@ -1,4 +1,4 @@
-"""coca_jax.flops (model FLOPs counted tower by tower) against XLA's own cost analysis.
+"""coca_jax.tools.flops (model FLOPs counted tower by tower) against XLA's own cost analysis.
 
 XLA counts a scanned layer loop's body once, so the model is unrolled here. XLA also counts
 what the model count leaves out (layer norms, softmax, GELU, the optimizer), so the two agree
@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from coca_jax import flops as flops_lib
-from coca_jax import losses
+from coca_jax.tools import flops as flops_lib
+from coca_jax.train import losses
 from coca_jax.model import create_model
 
 # Wide enough for matmuls to dominate, as in real sizes; two layout variants.

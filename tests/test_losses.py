@@ -6,7 +6,8 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from coca_jax import losses, sharding
+from coca_jax.train import losses
+from coca_jax.parallel import sharding
 from coca_jax.model import create_model
 
 

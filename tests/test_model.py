@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import coca_jax
-from coca_jax import losses
+from coca_jax.train import losses
 from coca_jax.model import layer_stacking
 from model_fixtures import MICRO, MICRO_OPEN_CLIP, config, make_images, make_text
 

@@ -7,7 +7,8 @@ import pytest
 from jax.sharding import PartitionSpec
 
 import coca_jax
-from coca_jax import losses, sharding
+from coca_jax.train import losses
+from coca_jax.parallel import sharding
 from model_fixtures import MICRO, make_images, make_text
 
 

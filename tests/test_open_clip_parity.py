@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from coca_jax import params_checkpoint
+from coca_jax.checkpoints import params_dir
 from coca_jax.convert.open_clip import convert_state_dict, load_state_dict
-from coca_jax.losses import coca_loss
+from coca_jax.train.losses import coca_loss
 from coca_jax.model import create_model, from_dict
 
 torch = pytest.importorskip("torch")
@@ -266,8 +266,8 @@ def assert_same_params(a, b):
 
 def test_params_checkpoint_round_trip(small_sd, tmp_path):
   params = convert_state_dict(small_sd, SMALL_CONFIG)
-  params_checkpoint.save(str(tmp_path / "ckpt"), params, SMALL_CONFIG)
-  restored, cfg = params_checkpoint.load(str(tmp_path / "ckpt"))
+  params_dir.save(str(tmp_path / "ckpt"), params, SMALL_CONFIG)
+  restored, cfg = params_dir.load(str(tmp_path / "ckpt"))
   assert cfg == from_dict(SMALL_CONFIG)
   assert_same_params(params, restored)
 
@@ -306,7 +306,7 @@ def test_cli_on_safetensors(small_sd, tmp_path):
                         f"--input={weights}", f"--config={config_file}", f"--output={out}"],
                        cwd=REPO, env=env, capture_output=True, text=True, check=False)
   assert run.returncode == 0, run.stdout + run.stderr
-  restored, cfg = params_checkpoint.load(str(out))
+  restored, cfg = params_dir.load(str(out))
   assert cfg == from_dict(SMALL_CONFIG)
   assert_same_params(convert_state_dict(small_sd, SMALL_CONFIG), restored)
 

@@ -5,8 +5,10 @@ import copy
 import flax.linen as nn
 import pytest
 
-from coca_jax import checkpoint, classify, train
-from coca_jax.model.summary import abstract_params
+from coca_jax.model import adapt
+from coca_jax.train import classify
+from coca_jax.train import pretrain
+from coca_jax.tools.summary import abstract_params
 from train_fixtures import micro_config, random_micro_export
 
 
@@ -29,9 +31,8 @@ def test_init_from_a_shorter_text_context_names_the_table_and_shapes(export):
   config, length = longer_context(micro_config())
   config.init_from = export
   width = config.model.text.width
-  state = {"params": nn.unbox(abstract_params(config.model))}
   with pytest.raises(ValueError) as info:
-    train._init_from(config, state, None, None)  # pylint: disable=protected-access
+    pretrain.params_from_init_from(config, nn.unbox(abstract_params(config.model)))
   message = str(info.value)
   assert f"text/pos_embedding ({length + 1}, {width}) vs ({length + 9}, {width})" in message
   assert "1 difference(s)" in message and "different architecture" not in message
@@ -49,11 +50,11 @@ def test_classifier_encoder_names_the_param_and_shapes(export):
 
 
 def test_missing_and_unexpected_paths():
-  lines = checkpoint.param_differences({"a": {"b": [1, 2]}, "x": [0]},
+  lines = adapt.param_differences({"a": {"b": [1, 2]}, "x": [0]},
                                        {"a": {"b": [1, 2, 3]}, "y": [0, 0]})
   assert lines == ["a/b (2,) vs (3,) (checkpoint vs model)",
                    "x: in the checkpoint (1,), not in this model",
                    "y: missing from the checkpoint (model wants (2,))"]
   with pytest.raises(ValueError, match="How to fit visual/pos_embedding.*square"):
-    checkpoint.check_params_fit({"visual": {"pos_embedding": [[0.0]]}},
+    adapt.check_params_fit({"visual": {"pos_embedding": [[0.0]]}},
                                 {"visual": {"pos_embedding": [[0.0], [1.0]]}}, "here")

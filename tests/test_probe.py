@@ -11,8 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coca_jax import checkpoint, feature_cache, freeze, optim, tokenizers, train_config
-from coca_jax.classifier import ImageClassifier
+from coca_jax import tokenizers
+from coca_jax import checkpoints
+from coca_jax.train import feature_cache
+from coca_jax.train import freeze
+from coca_jax.train import optim
+from coca_jax.train import config as train_config
+from coca_jax.model.classifier import ImageClassifier
 from coca_jax.data import labels as labels_lib
 from coca_jax.evals import evaluate
 from coca_jax.train import train_and_evaluate
@@ -48,7 +53,7 @@ def probe(name, init_from, workdir, **classify):
 
 def assert_encoder_frozen(workdir, init_from, encoder_names, trained_names):
   saved = checkpoint_tree(workdir)
-  loaded, _ = checkpoint.load_params(init_from)
+  loaded, _ = checkpoints.load_params(init_from)
   for name in encoder_names:
     same = jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(a, b),
                         saved["params"][name], loaded[name])
@@ -82,7 +87,7 @@ def test_feature_cache_holds_the_encoders_features_and_resumes_exactly(encoders,
   features, labels = feature_cache.load(tmp_path / "whole", json_key(tmp_path / "whole"))
   assert features.shape == (200, 32) and labels.shape == (200,)
   # The cache is the encoder's output on the train images, in the split's order.
-  params, model_cfg = checkpoint.load_params(encoders["trained"])
+  params, model_cfg = checkpoints.load_params(encoders["trained"])
   encoder = ImageClassifier(model_cfg, 24, "embedding", with_head=False)
   data = train_config.resolve(config).data
   first = next(iter(labels_lib.build_eval_iterator(
@@ -164,7 +169,7 @@ def test_layer_decay_scales_each_encoder_layer(scanned):
     (lambda c: c.data.update(crop="random_resized_crop"), "classify.cache_features"),
 ])
 def test_bad_probe_configs_are_refused_naming_the_field(change, field):
-  from coca_jax import classify  # pylint: disable=import-outside-toplevel
+  from coca_jax.train import classify  # pylint: disable=import-outside-toplevel
   config = load_config("probe_linear")
   config.init_from = "/some/checkpoint"
   change(config)

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 import coca_jax
-from coca_jax import params_checkpoint, tokenizers
+from coca_jax import tokenizers
+from coca_jax.checkpoints import params_dir
 from train_fixtures import ROOT, micro_config, subprocess_env
 
 
@@ -20,7 +21,7 @@ def test_readme_example_runs_in_a_fresh_process(tmp_path):
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                                         jnp.zeros((1, length), jnp.int32)))["params"]
   export = tmp_path / "export"
-  params_checkpoint.save(export, params, config.model, tokenizer=tokenizers.load("embedded"))
+  params_dir.save(export, params, config.model, tokenizer=tokenizers.load("embedded"))
   # A phone photo: stored sideways, EXIF Orientation 6 (shown rotated 90 degrees clockwise).
   stored = np.random.default_rng(0).integers(0, 255, (30, 40, 3), np.uint8)
   exif = Image.Exif()

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from coca_jax import checkpoint, resume_rules
+from coca_jax import checkpoints
+from coca_jax.checkpoints import resume_rules
 from coca_jax import train as train_lib
 from train_fixtures import micro_config
 
@@ -45,7 +46,7 @@ def runs(tmp_path_factory):
   for step_dir in (interrupted / "checkpoints").iterdir():
     if step_dir.name.isdigit() and int(step_dir.name) > INTERRUPTED:
       shutil.rmtree(step_dir)
-  return {"params": checkpoint.load_params(reference)[0], "losses": capture.losses(),
+  return {"params": checkpoints.load_params(reference)[0], "losses": capture.losses(),
           "interrupted": interrupted}
 
 
@@ -138,7 +139,7 @@ def test_free_changes_resume_as_the_uninterrupted_run(runs, tmp_path, name):
   exact = name != "mesh"  # another mesh sums in another order
   for step, loss in losses.items():
     np.testing.assert_allclose(loss, runs["losses"][step], rtol=0 if exact else 1e-5)
-  params, _ = checkpoint.load_params(workdir)
+  params, _ = checkpoints.load_params(workdir)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(runs["params"])):
     if exact:
       np.testing.assert_array_equal(a, b)

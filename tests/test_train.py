@@ -13,9 +13,14 @@ import pytest
 from jax.sharding import PartitionSpec
 
 import coca_jax
-from coca_jax import checkpoint, config_checks, optim, sharding
-from coca_jax import train as train_lib
-from coca_jax import train_step as ts
+from coca_jax import checkpoints, data
+from coca_jax.model import adapt
+from coca_jax.parallel import sharding
+from coca_jax.train import config_checks, optim
+from coca_jax.train import state as state_lib
+from coca_jax.train import step as ts
+from coca_jax.train import train_and_evaluate
+from coca_jax.train.loop import NonFiniteError
 from model_fixtures import MICRO, make_images, make_text
 from train_fixtures import ROOT, micro_config, train_command, subprocess_env
 
@@ -56,8 +61,8 @@ def _state_and_step(mesh, rules, accum=1, tx=None):
       b2=0.999, weight_decay=0.1, grad_clip_norm=1.0))
   boxed = jax.eval_shape(lambda k: model.init(k, images, text)["params"], jax.random.key(0))
   tx = tx or optim.create_optimizer(opt_cfg, 10, nn.unbox(boxed))
-  init = lambda k: ts.init_state(model.init(k, images, text)["params"], tx)
-  boxed_state = train_lib._fit_names(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
+  init = lambda k: state_lib.TrainState.create(model.init(k, images, text)["params"], tx)
+  boxed_state = state_lib.fit_names(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
   shardings = sharding.logical_shardings(boxed_state, mesh, rules)
   step = ts.make_train_step(model, tx, optim.schedule(opt_cfg, 10), pad_id=0,
                             accum_steps=accum)
@@ -79,15 +84,15 @@ def test_sharded_train_step_equals_single_device():
   ref_state, ref_metrics = _state_and_step(single, rules, tx=tx)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   state, metrics = _state_and_step(mesh, rules, tx=tx)
-  kernel = state["params"]["text"]["layers_0"]["block"]["mlp"]["fc1"]["kernel"]
+  kernel = state.params["text"]["layers_0"]["block"]["mlp"]["fc1"]["kernel"]
   assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
   assert kernel.addressable_shards[0].data.shape == (16, 32)  # (32, 64) over 2 x 2
-  trace = state["opt_state"][0].trace["text"]["layers_0"]["block"]["mlp"]["fc1"]["kernel"]
+  trace = state.opt_state[0].trace["text"]["layers_0"]["block"]["mlp"]["fc1"]["kernel"]
   assert trace.sharding.spec == PartitionSpec("fsdp", "tensor")
   np.testing.assert_allclose(metrics["loss/total"], ref_metrics["loss/total"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
                                                        atol=1e-6),
-               state["params"], ref_state["params"])
+               state.params, ref_state.params)
 
 
 # --- item 3 / 11f: gradient accumulation keeps the global-batch contrastive loss -----------
@@ -159,7 +164,7 @@ def test_distillation_term_accumulates_exactly_and_vanishes_at_the_reference():
   assert diff <= 1e-4 * optax.tree.norm(without[1])
   step = ts.make_train_step(model, optax.sgd(0.1), lambda s: 0.1, pad_id=0, distill_weight=1.0)
   with pytest.raises(ValueError, match="reference"):
-    jax.eval_shape(step, ts.init_state(params, optax.sgd(0.1)), batch)
+    jax.eval_shape(step, state_lib.TrainState.create(params, optax.sgd(0.1)), batch)
 
 
 # --- item 3: the paper's Adafactor and the weight-decay mask --------------------------------
@@ -230,30 +235,53 @@ def test_adafactor_trains_with_factored_statistics_sharded(tmp_path):
                           min_dim_size_to_factor=16)
   config.mesh = dict(slice=1, data=2, fsdp=2, tensor=2)
   config.num_train_steps = 2
-  train_lib.train_and_evaluate(config, tmp_path / "adafactor")
-  params, _ = checkpoint.load_params(tmp_path / "adafactor")
+  train_and_evaluate(config, tmp_path / "adafactor")
+  params, _ = checkpoints.load_params(tmp_path / "adafactor")
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
 # --- items 8 / 11g: non-finite values -------------------------------------------------------
 
-def test_nan_batch_stops_training_naming_the_step(tmp_path):
-  config = micro_config()
-  config.debug.inject_nan_at_step = 2  # the third step (steps are counted from 1)
-  with pytest.raises(train_lib.NonFiniteError, match="at step 3"):
-    train_lib.train_and_evaluate(config, tmp_path / "nan")
+class NaNImagesAt:
+  """A training iterator whose batch number `index` (from 0) has NaN images: a bad batch as a
+  broken decoder could give, put in from outside the trainer."""
+
+  def __init__(self, iterator, index):
+    self.iterator, self.index, self.count = iterator, index, 0
+
+  def __next__(self):
+    batch = next(self.iterator)
+    if self.count == self.index:
+      batch = {**batch, "images": np.full_like(batch["images"], np.nan)}
+    self.count += 1
+    return batch
+
+  def __getattr__(self, name):  # state, stats, input wait and close: the wrapped iterator's
+    return getattr(self.iterator, name)
+
+
+@pytest.fixture
+def nan_at_third_batch(monkeypatch):
+  build = data.build_train_iterator
+  monkeypatch.setattr(data, "build_train_iterator",
+                      lambda *a, **k: NaNImagesAt(build(*a, **k), index=2))
+
+
+def test_nan_batch_stops_training_naming_the_step(tmp_path, nan_at_third_batch):
+  config = micro_config()  # the third batch has NaN images (steps are counted from 1)
+  with pytest.raises(NonFiniteError, match="at step 3"):
+    train_and_evaluate(config, tmp_path / "nan")
   # No checkpoint after the bad step was written: the latest holds finite params.
   steps = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert steps == [2]
 
 
-def test_nan_batch_is_skipped_when_configured(tmp_path, capsys):
+def test_nan_batch_is_skipped_when_configured(tmp_path, capsys, nan_at_third_batch):
   config = micro_config()
-  config.debug.inject_nan_at_step = 2
   config.nonfinite = "skip"
-  train_lib.train_and_evaluate(config, tmp_path / "skip")
-  params, _ = checkpoint.load_params(tmp_path / "skip")
+  train_and_evaluate(config, tmp_path / "skip")
+  params, _ = checkpoints.load_params(tmp_path / "skip")
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
@@ -263,7 +291,7 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
   workdir = tmp_path / "run"
   config = micro_config()
   config.num_train_steps = 4
-  train_lib.train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir)
   latest = workdir / "checkpoints" / "4" / "state"
   victims = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 0
              and "manifest" not in p.name and p.suffix != ".json"]
@@ -272,7 +300,7 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
     p.write_bytes(p.read_bytes()[:7])
   capsys.readouterr()
   config.num_train_steps = 6
-  train_lib.train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
   assert f"resumed from {workdir}/checkpoints/2" in out
 
@@ -282,14 +310,14 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
 def test_init_from_loads_params_and_resizes_positions(tmp_path, capsys):
   config = micro_config()
   config.num_train_steps = 2
-  train_lib.train_and_evaluate(config, tmp_path / "source")
-  source_params, source_cfg = checkpoint.load_params(tmp_path / "source")
+  train_and_evaluate(config, tmp_path / "source")
+  source_params, source_cfg = checkpoints.load_params(tmp_path / "source")
 
   target = micro_config()
   target.model.vision.image_size = 24  # 6x6 patches instead of 4x4
   target.data.image_size = 24
   target.model.scan_layers = True
-  adapted = checkpoint.adapt_params(source_params, source_cfg, target.model)
+  adapted = adapt.adapt_params(source_params, source_cfg, target.model)
   assert adapted["visual"]["pos_embedding"].shape == (36, 32)
   np.testing.assert_array_equal(adapted["text"]["layers"]["block"]["mlp"]["fc1"]["kernel"][0],
                                 source_params["text"]["layers_0"]["block"]["mlp"]["fc1"]
@@ -297,14 +325,14 @@ def test_init_from_loads_params_and_resizes_positions(tmp_path, capsys):
   # A constant grid stays constant under 2-D interpolation.
   flat = np.ones((17, 4), np.float32)
   flat[0] = 5.0
-  resized = checkpoint.resize_position_embedding(flat, 64, class_token=True)
+  resized = adapt.resize_position_embedding(flat, 64, class_token=True)
   assert resized.shape == (65, 4) and resized[0, 0] == 5.0
   np.testing.assert_allclose(resized[1:], 1.0, rtol=1e-6)
 
   target.init_from = str(tmp_path / "source")
   target.num_train_steps = 1
   capsys.readouterr()
-  train_lib.train_and_evaluate(target, tmp_path / "target")
+  train_and_evaluate(target, tmp_path / "target")
   assert "initialised params from" in capsys.readouterr().out
   config_json = json.loads((tmp_path / "target" / "config.json").read_text())
   assert config_json["init_from"] == str(tmp_path / "source")

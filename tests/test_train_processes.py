@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from coca_jax import checkpoint
+from coca_jax import checkpoints
 from train_fixtures import ROOT, random_micro_export, run_train, subprocess_env, train_command
 
 LOSS = re.compile(r"step (\d+)/\d+ \| loss ([0-9.]+)")
@@ -40,7 +40,7 @@ def wait_for_line(proc, pattern, timeout=240):
 
 
 def final_params(workdir):
-  params, _ = checkpoint.load_params(workdir)
+  params, _ = checkpoints.load_params(workdir)
   return params
 
 

@@ -60,14 +60,14 @@ def random_micro_export(directory, seed: int = 3):
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from coca_jax import params_checkpoint
+  from coca_jax.checkpoints import params_dir
   from coca_jax.model import create_model
   config = micro_config()
   model = create_model(config.model)
   size, length = config.model.vision.image_size, config.data.text_length
   params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)),
                                jnp.zeros((1, length), jnp.int32))["params"])
-  params_checkpoint.save(str(directory), params, config.model)
+  params_dir.save(str(directory), params, config.model)
   return directory
 
 
@@ -84,13 +84,13 @@ def checkpoint_tree(workdir):
   # pylint: disable=import-outside-toplevel
   import jax
   import orbax.checkpoint as ocp
-  from coca_jax import checkpoint
+  from coca_jax import checkpoints
   # pylint: disable-next=protected-access
-  state_dir = checkpoint._latest_state_dir(pathlib.Path(workdir) / "checkpoints")
+  state_dir = checkpoints.latest_state_dir(pathlib.Path(workdir) / "checkpoints")
   meta = ocp.StandardCheckpointer().metadata(state_dir)
   tree = getattr(meta, "item_metadata", meta)
   tree = dict(getattr(tree, "tree", tree))
   paths = [jax.tree_util.keystr(p)
            for p, _ in jax.tree_util.tree_flatten_with_path(tree["opt_state"])[0]]
-  params, _ = checkpoint.load_params(workdir)
+  params, _ = checkpoints.load_params(workdir)
   return {"params": params, "opt_state_paths": paths}

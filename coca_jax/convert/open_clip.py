@@ -23,13 +23,44 @@ from flax import traverse_util
 from coca_jax.convert import unwrap
 from coca_jax.model.config import from_dict
 from coca_jax.model.layer_stacking import stack_layers, unstack_layers
-from coca_jax.model.summary import abstract_params
+from coca_jax.tools.summary import abstract_params
 
 Shape = Tuple[int, ...]
 # The first components of open_clip CoCa's state-dict names.
 OPEN_CLIP_TOP_LEVEL = ("visual", "text", "text_decoder", "logit_scale")
 
 # Our top-level (non-layer) params -> (open_clip name, kind). Kinds are defined in _KINDS.
+# open_clip's published CoCa models (its model_configs/coca_ViT-B-32.json, coca_ViT-L-14.json):
+# (ViT patch size, width, depth, heads) and (text width, heads); the embedding width is the
+# text width. Both: 224 px, 12 text and 12 multimodal layers, MLP ratio 4, a single pooler of
+# 256 queries and 8 heads, CLIP's 49,408-token vocabulary and 76-token context.
+PUBLISHED_MODELS = {
+    "coca_ViT-B-32": ((32, 768, 12, 12), (512, 8)),
+    "coca_ViT-L-14": ((14, 1024, 24, 16), (768, 12)),
+}
+
+
+def published_model(name: str) -> dict:
+  """The model config (a dict for `ModelConfig`) of open_clip's `name` ("coca_ViT-B-32" or
+  "coca_ViT-L-14") in open_clip's exact layout: class token and pre-norm ViT without patch
+  bias, one attentional pooler, the legacy CLS padding mask, two MLPs per multimodal layer,
+  untied output projection, layer-norm eps 1e-5. Raises KeyError for another name."""
+  (patch, v_width, v_depth, v_heads), (t_width, t_heads) = PUBLISHED_MODELS[name]
+  return dict(
+      vision=dict(image_size=224, patch_size=patch, width=v_width, depth=v_depth,
+                  num_heads=v_heads, mlp_dim=4 * v_width, class_token=True, pre_norm=True,
+                  patch_bias=False),
+      pooler=dict(layout="single", num_queries=256, num_heads=8),
+      text=dict(vocab_size=49408, context_length=76, width=t_width, depth=12,
+                num_heads=t_heads, mlp_dim=4 * t_width, pad_id=0, eos_id=49407,
+                legacy_cls_mask=True),
+      decoder=dict(depth=12, num_heads=t_heads, mlp_dim=4 * t_width,
+                   mlp_after_self_attention=True, tie_embeddings=False),
+      embed_dim=t_width,
+      layer_norm_eps=1e-5,
+  )
+
+
 _DIRECT = {
     "visual/patch_embed/kernel": ("visual.conv1.weight", "conv"),
     "visual/patch_embed/bias": ("visual.conv1.bias", "copy"),
@@ -289,13 +320,17 @@ def load_state_dict(path: str, entry: Optional[str] = None) -> Dict[str, np.ndar
 
 
 def main(argv):
+  """Converts `--input` (open_clip weights, `--entry` inside a nested checkpoint) to the model
+  of `--config`, saves a params directory at `--output` and prints the parameter count.
+  Raises ValueError (from `convert_state_dict` / `load_state_dict`) when the weights do not
+  match the config's model or the file holds more than tensors."""
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  from coca_jax.checkpoints import params_dir  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   model_config = f.config.model
   params = convert_state_dict(load_state_dict(f.input, f.entry or None), model_config)
-  params_checkpoint.save(f.output, params, model_config)
+  params_dir.save(f.output, params, model_config)
   n = sum(int(np.prod(x.shape)) for x in traverse_util.flatten_dict(params).values())
   print(f"wrote {n:,d} params from {f.input} to {os.path.abspath(f.output)}")
 

@@ -32,7 +32,7 @@ step time to get the fraction of time spent waiting for input.
 
 Checkpoints: the iterator's state is small JSON (`it.get_state()` -> bytes,
 `it.set_state(bytes)`). Keep it in the Orbax checkpoint next to the train state:
-  from coca_jax.data.checkpoint import IteratorSave, IteratorRestore
+  from coca_jax.checkpoints.data_iterator import IteratorSave, IteratorRestore
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              data=IteratorSave(it)))
   manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
@@ -47,6 +47,24 @@ with "label", "scene" (coca_shapes) and "index"; `class_names(config.data)` and
 
 Multi-host: call `prepare(config.data)` on one process (then a barrier) before building
 iterators when several processes share a data_dir, so only one of them generates or converts.
+
+Modules:
+  config.py       `config.data` defaults, and checking a user's fields against them
+  convert.py      `python -m coca_jax.data.convert`: people's own files into a TFDS dataset
+  embedded.py     `coca_shapes`, the embedded default dataset (a TFDS builder, no download)
+  formats.py      people's own files (csv, tsv, jsonl, webdataset, tfrecord) as raw records
+  labels.py       images with class labels, for classifiers (probes, fine-tuning)
+  local.py        the TFDS builder over people's own files (what convert.py runs)
+  mixture.py      exact per-batch proportions: which batch slots each dataset fills
+  pipeline.py     the train and eval iterators (deterministic, resumable)
+  preprocess.py   image resize, crops and normalisation, as open_clip's torchvision transforms
+  provenance.py   what a prepared dataset was prepared from, so a changed source is refused
+  records.py      decoding images, cleaning captions; bad records rejected and counted
+  shapes.py       coca_shapes' scenes: pictures, captions, scoring generated captions
+  spec.py         dataset specs: fields, prompt template sets, mixtures as lists of specs
+  sources.py      random access to a split of a dataset as records
+  folder.py       a folder of images per class as records (captions from templates)
+  streams.py      web-scale training reads: shards read in place, shard by shard
 """
 from typing import Dict, Optional, Sequence
 
@@ -54,7 +72,8 @@ from coca_jax.data.config import default_config, resolve
 from coca_jax.data.pipeline import (DataIterator, EvalIterator, batch_fields,
                                     build_eval_iterator, build_train_iterator)
 from coca_jax.data.shapes import caption_attribute_counts, caption_attribute_score
-from coca_jax.data.sources import DatasetSpec, Source, open_source, parse_specs
+from coca_jax.data.sources import Source, open_source
+from coca_jax.data.spec import DatasetSpec, parse_specs
 
 __all__ = ["build_train_iterator", "batch_fields", "build_eval_iterator", "class_names",
            "zero_shot_templates", "caption_attribute_score", "caption_attribute_counts", "prepare", "default_config",
@@ -80,11 +99,11 @@ def class_names(data_config, dataset=None) -> Sequence[str]:
 
 def zero_shot_templates(data_config, dataset=None) -> Sequence[str]:
   """Prompt templates ("...{}...") for the eval dataset's class names."""
-  from coca_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from coca_jax.data.spec import TEMPLATES  # pylint: disable=import-outside-toplevel
   spec = _eval_spec(data_config, dataset)
   if spec.templates is not None:
     return spec.template_list()
-  return sources.TEMPLATES["coca_shapes" if spec.name.startswith("coca_shapes") else "clip"]
+  return TEMPLATES["coca_shapes" if spec.name.startswith("coca_shapes") else "clip"]
 
 
 def prepare(data_config) -> Dict[str, Dict]:

@@ -16,6 +16,8 @@ from coca_jax.data import formats, local
 
 
 def main(argv=None):
+  """Runs the command above on `argv` (default: sys.argv[1:]): prepares every --split, then
+  prints one JSON line with the builder_dir and the bad records dropped, by split and reason."""
   parser = argparse.ArgumentParser(prog="python -m coca_jax.data.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--name", required=True)

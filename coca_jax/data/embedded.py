@@ -30,6 +30,7 @@ IMAGE_SIZE = 64
 
 @dataclasses.dataclass(eq=False)
 class ShapesConfig(tfds.core.BuilderConfig):
+  """A `coca_shapes` config: `sizes` holds (split, number of examples) pairs."""
   sizes: Tuple[Tuple[str, int], ...] = ()  # (split, number of examples)
 
 

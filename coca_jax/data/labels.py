@@ -15,7 +15,8 @@ import numpy as np
 
 from coca_jax.data import pipeline, records, shapes
 from coca_jax.data.config import resolve
-from coca_jax.data.sources import DatasetSpec, open_source
+from coca_jax.data.sources import open_source
+from coca_jax.data.spec import DatasetSpec
 
 SCENE_LABELS = {  # name -> (class count, label from the 12-integer scene code)
     "colour": (len(shapes.COLOURS), lambda s: s[..., 1]),
@@ -37,6 +38,16 @@ def _spec(spec) -> DatasetSpec:
 
 
 def class_names(data_config, spec, label: str) -> Sequence[str]:
+  """Names of the classes of `label` (see the module docstring); name i is class i's.
+
+  "label" gives the dataset's class names (a "folder" dataset's prompt names); a coca_shapes
+  scene label gives placeholders "<label> <i>", e.g. "colour 0".
+
+  Raises:
+    ValueError: `label` not in LABELS, a scene label on a dataset other than coca_shapes, a
+      dataset without a class label feature, or one read in place (streamed, or files not
+      converted) rather than with random access.
+  """
   if label == "label":
     source = open_source(_spec(spec), resolve(data_config)["data_dir"])
     names = source.prompt_names() if source.spec.format == "folder" else source.class_names

@@ -10,7 +10,20 @@ import numpy as np
 
 
 def slot_counts(weights: Sequence[float], size: int) -> np.ndarray:
-  """How many of `size` slots each dataset fills: proportional to `weights`, summing to `size`."""
+  """How many of `size` slots each dataset fills: proportional to `weights`, summing to `size`.
+
+  Args:
+    weights: (N,) non-negative floats, one per dataset, with a positive sum.
+    size: slots in a batch.
+
+  Returns:
+    int64 (N,): the floor of each exact share, raised to 1 for a positive weight; the slots
+    left over go to the largest remainders.
+
+  Raises:
+    ValueError: weights that are not 1-D, empty, negative or summing to 0, or more datasets
+      with a positive weight than slots.
+  """
   weights = np.asarray(weights, np.float64)
   if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
     raise ValueError(f"mixture weights must be non-negative with a positive sum: {weights}")
@@ -28,8 +41,11 @@ def slot_counts(weights: Sequence[float], size: int) -> np.ndarray:
 
 
 def slot_table(weights: Sequence[float], size: int) -> np.ndarray:
-  """int (size,): the dataset of each slot, interleaved (slot i goes to the dataset furthest
-  behind its share at i)."""
+  """int64 (size,): the dataset of each slot, interleaved (slot i goes to the dataset furthest
+  behind its share at i).
+
+  `weights`: (N,) floats as for `slot_counts`, whose ValueError this raises.
+  """
   counts = slot_counts(weights, size)
   table = np.empty(size, np.int64)
   filled = np.zeros(len(counts))
@@ -42,7 +58,10 @@ def slot_table(weights: Sequence[float], size: int) -> np.ndarray:
 
 
 def slot_ranks(table: np.ndarray) -> np.ndarray:
-  """int (size,): for each slot, how many earlier slots belong to the same dataset."""
+  """int64 (size,): for each slot, how many earlier slots belong to the same dataset.
+
+  `table`: integer (size,) dataset of each slot, as `slot_table` gives it.
+  """
   ranks = np.zeros(len(table), np.int64)
   seen = {}
   for slot, source in enumerate(table):

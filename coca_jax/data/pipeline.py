@@ -26,8 +26,8 @@ import numpy as np
 
 from coca_jax.data import mixture, preprocess, records, streams
 from coca_jax.data.config import resolve
-from coca_jax.data.sources import (DatasetSpec, Source, caption_weighted, open_source,
-                                   parse_specs)
+from coca_jax.data.sources import Source, open_source
+from coca_jax.data.spec import DatasetSpec, caption_weighted, parse_specs
 
 STATE_VERSION = 1
 MAX_REPLACEMENTS = 100
@@ -48,6 +48,9 @@ class ExampleMaker:
 
   @classmethod
   def from_config(cls, cfg, tokenizer, train: bool) -> "ExampleMaker":
+    """From a resolved `config.data` (`config.resolve`): image size, text length, `mean` and
+    `std` when set (else the named normalization), crop ranges, caption length. The crop is
+    random only when `train` and `crop` is "random_resized_crop"."""
     mean, std = preprocess.mean_std(
         cfg["normalization"] if cfg["mean"] is None else {"mean": cfg["mean"], "std": cfg["std"]})
     return cls(cfg["image_size"], cfg["text_length"], tokenizer, mean, std,
@@ -135,14 +138,23 @@ class DataIterator:
     return batch
 
   def stats(self) -> Dict[str, Any]:
+    """Batches taken, seconds `next()` waited for input, and bad records in those batches (total
+    and "bad_records/<reason>")."""
     return {"batches": self.batches, "input_wait_s": self.input_wait_s,
             "bad_records": self.counts.total(), **{f"bad_records/{k}": v
                                                    for k, v in self.counts.as_dict().items()}}
 
   def get_state(self) -> bytes:
+    """The position as JSON bytes, with the seed, batch size, process layout and dataset
+    fingerprints that `set_state` checks."""
     return json.dumps({"version": STATE_VERSION, **self.info, **self._position()}).encode()
 
   def set_state(self, state):
+    """Resumes at a `get_state` state (bytes, str or dict).
+
+    Raises ValueError when the state is another run's (seed, global batch size, datasets or
+    kind differ) or, for streamed data, another process layout's.
+    """
     if isinstance(state, (bytes, str)):
       state = json.loads(state)
     for key in ("seed", "global_batch_size", "datasets", "kind"):
@@ -155,6 +167,7 @@ class DataIterator:
     """Grain's checkpoint handler calls this after a restore; prefetch starts on `next()`."""
 
   def close(self):
+    """Closes the underlying Grain iterator, when it has a `close` method."""
     if self._it is not None and hasattr(self._it, "close"):
       self._it.close()
 

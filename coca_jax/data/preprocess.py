@@ -19,7 +19,12 @@ NORMALIZATIONS = {
 
 
 def mean_std(normalization) -> Tuple[np.ndarray, np.ndarray]:
-  """(mean, std) float32 arrays from a name in NORMALIZATIONS or a {"mean", "std"} mapping."""
+  """(mean, std) float32 arrays from a name in NORMALIZATIONS or a {"mean", "std"} mapping.
+
+  "openai_clip" is OpenAI CLIP's statistics (open_clip's OPENAI_DATASET_MEAN / _STD),
+  "imagenet" torchvision's ImageNet ones (open_clip's IMAGENET_MEAN / _STD). Each array is
+  (3,), one value per RGB channel in [0, 1] units. Raises ValueError for an unknown name.
+  """
   if isinstance(normalization, str):
     if normalization not in NORMALIZATIONS:
       raise ValueError(f"unknown normalization {normalization!r}: {sorted(NORMALIZATIONS)} or "
@@ -31,6 +36,14 @@ def mean_std(normalization) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+  """Resizes (bicubic) so that the shorter side is `size`; the longer becomes
+  int(size * long / short), at least 1, as torchvision's `Resize(size)` computes it. An image
+  already that size is returned as it is.
+
+  Args:
+    image: a PIL image, e.g. the RGB one of `records.open_image` ((H, W, 3) uint8 as an array).
+    size: the new shorter side, in pixels.
+  """
   w, h = image.size
   if w <= h:
     new = (size, max(1, int(size * h / w)))
@@ -40,6 +53,14 @@ def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
+  """The central `size` x `size` pixels, offsets rounded as torchvision's `center_crop` does
+  (int(round((w - size) / 2))); a side shorter than `size` is first padded with black around
+  the image, as torchvision pads.
+
+  Args:
+    image: a PIL image, e.g. RGB ((H, W, 3) uint8 as an array).
+    size: the crop's side, in pixels.
+  """
   w, h = image.size
   if w < size or h < size:  # only after rounding; pad like torchvision would
     padded = Image.new(image.mode, (max(w, size), max(h, size)))
@@ -87,4 +108,11 @@ def preprocess_image(image: Union[np.ndarray, Image.Image], size: int,
 
 
 def normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+  """float32 (H, W, 3): `(image / 255 - mean) / std` per channel, as torchvision's ToTensor
+  then Normalize (but channels last).
+
+  Args:
+    image: (H, W, 3) uint8, e.g. from `preprocess_image`.
+    mean, std: float32 (3,) per-channel statistics in [0, 1] units, e.g. from `mean_std`.
+  """
   return (image.astype(np.float32) / 255.0 - mean) / std

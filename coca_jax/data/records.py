@@ -52,6 +52,7 @@ class BadRecordCounts:
     self._lock = threading.Lock()
 
   def add(self, reason: str, n: int = 1):
+    """Counts `n` more records rejected for `reason`."""
     with self._lock:
       self._counts[reason] += n
 
@@ -63,10 +64,12 @@ class BadRecordCounts:
           self.add(reason)
 
   def as_dict(self) -> Dict[str, int]:
+    """The counts so far, {reason: n}, sorted by reason."""
     with self._lock:
       return dict(sorted(self._counts.items()))
 
   def total(self) -> int:
+    """Bad records counted so far, all reasons together."""
     with self._lock:
       return sum(self._counts.values())
 
@@ -103,7 +106,12 @@ _CMS_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 
 
 def icc_profile_name(image: Image.Image) -> Optional[str]:
-  """The description of an embedded ICC profile other than sRGB, else None."""
+  """The description of an embedded ICC profile other than sRGB, else None.
+
+  A profile whose description holds "srgb" (case and spaces ignored) is sRGB; a missing or
+  unreadable profile also gives None. `image`: a PIL image as opened (any mode; an RGB one is
+  (H, W, 3) uint8 as an array).
+  """
   icc = image.info.get("icc_profile")
   return _non_srgb_name(icc) if icc else None
 
@@ -139,7 +147,11 @@ def _to_srgb(image: Image.Image) -> Image.Image:
 
 def is_upright_srgb(image: Image.Image) -> bool:
   """No EXIF orientation to apply and no colour profile to convert: the stored pixels are the
-  picture (so encoded bytes may be kept as they are)."""
+  picture (so encoded bytes may be kept as they are).
+
+  `image`: a PIL image as opened, before `ImageOps.exif_transpose` (an RGB one is (H, W, 3)
+  uint8 as an array).
+  """
   return image.getexif().get(ExifTags.Base.Orientation, 1) == 1 and (
       icc_profile_name(image) is None)
 
@@ -195,7 +207,21 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def clean_caption(text, max_chars: int = 1000) -> str:
-  """Readable single-line text: valid UTF-8, no control characters, squeezed whitespace."""
+  """Readable single-line text: valid UTF-8, no control characters, squeezed whitespace.
+
+  Control characters become spaces, then whitespace runs one space. Text longer than
+  `max_chars` is cut at its last space within max_chars + 1 characters when that keeps more than
+  half of `max_chars`, else at `max_chars`, and trailing spaces are dropped.
+
+  Args:
+    text: one caption: a str, bytes, or a numpy bytes scalar (an element of an (N,) captions
+      array of dtype object or bytes_); bytes are decoded as UTF-8.
+    max_chars: the longest caption kept, in characters.
+
+  Raises:
+    BadRecord: "caption_invalid_utf8" (bytes that are not UTF-8, or surrogates in a str) or
+      "caption_empty" (nothing left).
+  """
   if isinstance(text, (bytes, np.bytes_)):
     try:
       text = bytes(text).decode("utf-8")

@@ -47,6 +47,7 @@ RENDER_SCALE = 2  # drawn this many times larger, then box-filtered down: smooth
 
 
 def class_index(colour: int, shape: int) -> int:
+  """The index in CLASS_NAMES of a colour (index in COLOURS) and shape (index in SHAPES)."""
   return colour * len(SHAPES) + shape
 
 
@@ -127,7 +128,13 @@ def _phrase(scene, i, rng, with_size=True) -> str:
 
 
 def captions(scene: np.ndarray, rng: np.random.Generator, count: int = 4) -> List[str]:
-  """`count` different phrasings of a scene (size left out of about one in five)."""
+  """`count` different phrasings of a scene (size left out of about one in five).
+
+  Args:
+    scene: int32 (12,) scene code (see the module docstring).
+    rng: draws the templates and words.
+    count: captions wanted; fewer come back when 10 * count draws give fewer distinct ones.
+  """
   out = []
   for _ in range(count * 10):
     with_size = rng.random() > 0.2

@@ -96,6 +96,8 @@ class ShardReader:
             "window": self.window}
 
   def get_state(self) -> Dict:
+    """Shard visits finished ("visits") and records read in the current one ("done"), with the
+    shard count, a hash of the shard names and the window, which `set_state` checks."""
     return {"visits": self.visits, "done": self.done, **self._pinned()}
 
   def set_state(self, state: Dict):
@@ -121,14 +123,18 @@ class IndexReader:
     self.process_index, self.process_count = process_index, process_count
 
   def next(self) -> Dict:
+    """The next record of this process's share: index process_index + position * process_count
+    of the shuffled order."""
     record = self.records[self.process_index + self.position * self.process_count]
     self.position += 1
     return record
 
   def get_state(self) -> Dict:
+    """{"position": records this reader has returned}."""
     return {"position": self.position}
 
   def set_state(self, state: Dict):
+    """Resumes at a `get_state` position."""
     self.position = int(state["position"])
 
 
@@ -179,10 +185,13 @@ class StreamIterator(grain.DatasetIterator):
     return example
 
   def get_state(self) -> Dict:
+    """The next batch slot, records taken per reader, the slot table and each reader's state."""
     return {"slot": self.slot, "taken": list(self.taken), "slots": self.slots.tolist(),
             "readers": [r.get_state() for r in self.readers]}
 
   def set_state(self, state: Dict):
+    """Resumes at a `get_state` state. Raises ValueError when the slot table differs (other
+    weights or batch size), or when a reader's shards or window changed."""
     if "slots" in state and list(state["slots"]) != self.slots.tolist():
       raise ValueError("cannot resume the mixture exactly: its per-batch slots (from the "
                        "datasets' weights and the batch size) differ from the checkpoint's")

@@ -32,6 +32,24 @@ below):
   generation                     caption decoding: any decode.GenerationConfig field
                                  (strategy, num_beams, top_k, top_p, temperature,
                                  repetition_penalty, no_repeat_ngram_size, ...)
+
+Modules:
+  common.py           batch sizes that fit the mesh, gathering to the host, dataset specs,
+                      progress lines
+  zero_shot.py        zero-shot classification (CLIP's prompt ensembling, or generative)
+  imagenet.py         ImageNet-1k class names, WordNet ids and CLIP's 80 templates
+  retrieval.py        image<->text retrieval: recall@1/5/10 and mAP
+  captions.py         captioning of held-out images, scored by the metrics below
+  caption_metrics.py  BLEU-1..4 and CIDEr-D as the COCO caption toolkit computes them
+  caption_scores.py   CLIP-S, RefCLIP-S, caption log-likelihood, agreement with human ratings
+  validation.py       contrastive and caption losses on the eval split
+  pictures.py         caption gallery and retrieval example pictures (PNG / TensorBoard)
+  folder.py           eval iterators over a folder of images per class (coca_jax/data/folder.py)
+  image_files.py      any pile of images (folder, glob, list file) as an inference dataset
+  manual.py           TFDS datasets prepared from the user's own files (ImageNet tars)
+  saved_model.py      a saved model ready to run: config, mesh, tokenizer, sharded params
+  evaluate.py         evaluating a saved checkpoint (`eval.py`)
+  data/               ImageNet class names, WordNet ids and templates, one per line
 """
 from typing import Any, Dict, List
 
@@ -58,6 +76,15 @@ def option(config, name: str):
 
 
 def build(config, model, mesh, tokenizer) -> List[Any]:
+  """The evaluators `config.evals` turns on, in the order zero-shot, generative zero-shot,
+  validation loss, retrieval, captions. Zero-shot, validation loss and retrieval share one eval
+  iterator per dataset spec, of `evals.batch_size` rounded up by `common.fit_batch`.
+
+  Raises:
+    ValueError: the zero-shot dataset has no class names, or their count differs from its
+      labels', or `evals.zeroshot_templates` names no known template list
+      (`zero_shot_prompts`); or an eval dataset cannot be read.
+  """
   # pylint: disable=g-import-not-at-top
   from coca_jax.evals import common
   from coca_jax.evals.validation import ValidationLossEvaluator
@@ -122,6 +149,8 @@ def build(config, model, mesh, tokenizer) -> List[Any]:
 
 
 def caption_spec(config, dataset) -> Dict:
+  """The dataset spec (`common.dataset_spec`) of a captioned dataset, with
+  `config.evals.text_key` as its caption feature when that is set."""
   from coca_jax.evals import common  # pylint: disable=g-import-not-at-top
   spec = common.dataset_spec(config, dataset)
   if option(config, "text_key"):
@@ -133,27 +162,28 @@ def zero_shot_prompts(config, spec, source):
   """(class names, templates) for a dataset: CLIP's curated names and 80 templates on
   ImageNet-1k label sets, the embedded dataset's own, or the label names otherwise."""
   # pylint: disable=g-import-not-at-top
-  from coca_jax.data import shapes, sources
+  from coca_jax.data import shapes
+  from coca_jax.data.spec import TEMPLATES
   from coca_jax.evals import imagenet
   # pylint: enable=g-import-not-at-top
   labels = tuple(source.class_names or ())
   name = spec.get("name", "")
   if spec.get("format") == "folder":
     names = source.prompt_names()
-    templates = imagenet.templates() if source.imagenet else sources.TEMPLATES["clip"]
+    templates = imagenet.templates() if source.imagenet else TEMPLATES["clip"]
   elif imagenet.is_imagenet(name, labels):
     names, templates = imagenet.class_names(), imagenet.templates()
   elif name.startswith("coca_shapes"):
     names, templates = shapes.CLASS_NAMES, shapes.ZERO_SHOT_TEMPLATES
   else:
-    names, templates = tuple(n.replace("_", " ") for n in labels), sources.TEMPLATES["clip"]
+    names, templates = tuple(n.replace("_", " ") for n in labels), TEMPLATES["clip"]
   if not names:
     raise ValueError(f"zero-shot: dataset {spec} has no class names (set evals.label_key)")
   if labels and len(labels) != len(names):
     raise ValueError(f"zero-shot: {len(names)} class names for {len(labels)} labels")
   choice = option(config, "zeroshot_templates")
   if isinstance(choice, str) and choice:
-    known = {"imagenet": imagenet.templates(), **sources.TEMPLATES}
+    known = {"imagenet": imagenet.templates(), **TEMPLATES}
     if choice not in known:
       raise ValueError(f"config.evals.zeroshot_templates={choice!r}: one of {sorted(known)}, "
                        "or a list of '{}' templates")
@@ -164,6 +194,13 @@ def zero_shot_prompts(config, spec, source):
 
 
 def run_evaluators(evaluators, params, final: bool, **kwargs) -> Dict[str, Any]:
+  """Runs the evaluators on `params` and merges their {name: value} results (a later
+  evaluator's name overrides an earlier one's).
+
+  final=False (periodic, during training): `run(params)` of those that are not `final_only`.
+  final=True: every evaluator, through `run_final(params, **kwargs)` where it has one (kwargs:
+  workdir, writer, step, for pictures and files), else `run(params)`.
+  """
   results: Dict[str, Any] = {}
   for evaluator in evaluators:
     if final or not getattr(evaluator, "final_only", False):

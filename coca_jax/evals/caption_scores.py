@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coca_jax import sharding
+from coca_jax.parallel import sharding
 from coca_jax.evals import common, zero_shot
 
 CLIP_S_WEIGHT = 2.5
@@ -50,7 +50,8 @@ def ref_clip_s(clip_scores: np.ndarray, caption_embeds: np.ndarray,
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-  """Pearson's correlation coefficient of two (N,) sequences (nan when one is constant)."""
+  """Pearson's correlation coefficient r of two (N,) sequences of numbers (computed in
+  float64): cov(x, y) / (std(x) std(y)), a Python float in -1..1; nan when one is constant."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   dx, dy = x - x.mean(), y - y.mean()
   denominator = np.sqrt((dx * dx).sum() * (dy * dy).sum())
@@ -58,8 +59,11 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-  """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y)) over all
-  pairs, pairs tied in x (or y) counted in ties_x (ties_y); nan when one is constant."""
+  """Kendall's tau-b (Kendall 1945; the variant scipy.stats.kendalltau computes by default) of
+  two (N,) sequences of numbers (compared as float64): (concordant - discordant) /
+  sqrt((n0 - ties_x) (n0 - ties_y)) over all n0 = N (N - 1) / 2 pairs, pairs tied in x (or y)
+  counted in ties_x (ties_y). A Python float in -1..1; nan when one is constant. O(N^2) time.
+  """
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   concordance = ties_x = ties_y = pairs = 0
   for i in range(len(x) - 1):  # O(N^2) in rows of pairs: ratings files are thousands long
@@ -74,7 +78,12 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
 
 def agreement(scores: Dict[str, Sequence[float]], ratings: Sequence[float]
               ) -> Dict[str, Dict[str, float]]:
-  """{score name: {"pearson", "kendall_tau_b"}} of each score with the ratings."""
+  """{score name: {"pearson": r, "kendall_tau_b": tau}} of each score with the ratings.
+
+  Args:
+    scores: {name: (N,) floats}, e.g. "clip_s", "log_likelihood", one value per rated caption.
+    ratings: (N,) floats, the human ratings of the same captions in the same order.
+  """
   return {name: {"pearson": pearson(values, ratings),
                  "kendall_tau_b": kendall_tau_b(values, ratings)}
           for name, values in scores.items()}
@@ -156,12 +165,14 @@ def main(argv):
   from absl import flags
   from etils import epath
   from coca_jax.data import preprocess, records
-  from coca_jax.evals import evaluate
+  from coca_jax.evals import saved_model
   # pylint: enable=import-outside-toplevel
   f = flags.FLAGS
   if jax.process_count() != 1:
     raise ValueError("caption_scores runs in one process")
-  config, mesh, _, tokenizer, model, params = evaluate.load(f.config, f.checkpoint)
+  saved = saved_model.load(f.config, f.checkpoint)
+  config, mesh, tokenizer = saved.config, saved.mesh, saved.tokenizer
+  model, params = saved.model, saved.params
   rows = read_ratings(f.ratings)
   root = f.images_root or os.path.dirname(os.path.abspath(f.ratings))
   size = model.cfg.vision.image_size

@@ -13,7 +13,8 @@ from etils import epath
 import jax
 import numpy as np
 
-from coca_jax import decode, sharding
+from coca_jax.inference import decode
+from coca_jax.parallel import sharding
 from coca_jax.data import records, shapes
 from coca_jax.evals import caption_metrics, caption_scores, common, pictures
 
@@ -83,9 +84,12 @@ class CaptionEvaluator:
     return self._iter
 
   def run(self, params) -> Dict[str, Any]:
+    """The results of `run_final` without the gallery picture."""
     return self.run_final(params)
 
   def run_final(self, params, workdir=None, writer=None, step=None) -> Dict[str, Any]:
+    """The results listed in the class docstring; also keeps the captions, one dict per
+    example, in `self.captions` and draws the gallery into `workdir` / `writer`."""
     it = self._iterator()
     n = self.num_examples
     batches = math.ceil(n / self.global_batch)

@@ -31,6 +31,7 @@ def fit_batch(requested: int, mesh, examples: Optional[int] = None) -> int:
 
 
 def replicated(mesh):
+  """The sharding that keeps a whole copy of an array on every device of `mesh`."""
   return NamedSharding(mesh, PartitionSpec())
 
 
@@ -41,6 +42,7 @@ def gather(tree, mesh):
 
 
 def main_process() -> bool:
+  """True on process 0, the one that prints and writes files."""
   return jax.process_index() == 0
 
 
@@ -94,6 +96,8 @@ class Progress:
     self.done = 0
 
   def update(self, count: int):
+    """Adds `count` finished units; prints a line when `every_s` seconds have passed since the
+    last one, or when the total is reached."""
     self.done += count
     now = time.perf_counter()
     if main_process() and (now - self.last >= self.every_s or self.done >= self.total):

@@ -5,7 +5,6 @@ checkpoint (a training workdir, one checkpoint step, an export or a converted op
 training runs) -> a results table, results.json, generated captions (captions.jsonl) and
 pictures in `output_dir`. Every process runs this same function; process 0 prints and writes.
 """
-import dataclasses
 import json
 import time
 from typing import Any, Dict, Optional
@@ -15,93 +14,16 @@ from clu import metric_writers
 from etils import epath
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from coca_jax import checkpoint, distributed, sharding, tokenizers, train_config
-from coca_jax.evals import build, common
-from coca_jax.model import create_model
+from coca_jax.parallel import distributed
+from coca_jax.evals import build, common, saved_model
 
 RESULTS_FILE = "results.json"
 CAPTIONS_FILE = "captions.jsonl"
 
 
 _print, _barrier = distributed.print0, distributed.barrier
-
-
-def logical_rules(config):
-  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in config.get("logical_rules", sharding.DEFAULT_RULES))
-
-
-def with_checkpoint_model(config, model_config):
-  """The config with the checkpoint's model in place of its own (a saved model is evaluated as
-  what it was trained as; a fine-tune config's model may be "init_from"), and data sizes of 0
-  taken from that model."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  del config["model"]
-  config.model = dataclasses.asdict(model_config)
-  return train_config.sizes_from_model(config)
-
-
-def load_model(config, path, mesh, rules, loaded=None):
-  """(model, params sharded over the mesh) from any saved form; the model is built from the
-  config saved with the params (it is what they were trained as). `loaded`: the
-  (params, model config) `checkpoint.load_params(path)` gave, if already read."""
-  params, model_config = loaded or checkpoint.load_params(path)
-  if "head" in params and "decoder" not in params:
-    raise ValueError(f"{path} holds an image classifier (a probe or a classification "
-                     "fine-tune: encoder and head), not a CoCa model: its top-1 / top-5 are in "
-                     "its final_metrics.json, and train.py with the same config and workdir "
-                     "evaluates it again")
-  model = create_model(model_config)
-  cfg = model.cfg
-  if config.data.image_size != cfg.vision.image_size:
-    raise ValueError(f"config.data.image_size {config.data.image_size} differs from the "
-                     f"checkpoint's model ({cfg.vision.image_size})")
-  if config.data.text_length > cfg.text.context_length:
-    raise ValueError(f"config.data.text_length {config.data.text_length} exceeds the "
-                     f"checkpoint's text.context_length {cfg.text.context_length}")
-  size = cfg.vision.image_size
-  example = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, config.data.text_length), jnp.int32))
-  boxed = jax.eval_shape(lambda k: model.init(k, *example)["params"], jax.random.key(0))
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  expected = _shapes(nn.unbox(boxed))
-  got = _shapes(params)
-  if expected != got:
-    differ = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
-    raise ValueError(f"{path}: its params do not match its own model config; e.g. "
-                     + ", ".join(f"{k}: {got.get(k)} (expected {expected.get(k)})"
-                                 for k in differ[:5]))
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  return model, jax.device_put(params, shardings)
-
-
-def _shapes(tree) -> Dict[str, tuple]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in flat}
-
-
-def _check_tokenizer(tokenizer, model):
-  t = model.cfg.text
-  if tokenizer.vocab_size > t.vocab_size or tokenizer.pad_id != t.pad_id:
-    raise ValueError(f"config.data.tokenizer (vocabulary {tokenizer.vocab_size}, pad "
-                     f"{tokenizer.pad_id}) does not fit the checkpoint's model (vocabulary "
-                     f"{t.vocab_size}, pad {t.pad_id})")
-
-
-def load(config, checkpoint_path):
-  """(config with the checkpoint's model, mesh, logical rules, tokenizer, model, params sharded
-  over the mesh): what evaluation and inference start from."""
-  loaded = checkpoint.load_params(checkpoint_path)
-  config = with_checkpoint_model(config, loaded[1])
-  mesh = sharding.config_mesh(config)
-  rules = logical_rules(config)
-  tokenizer = tokenizers.load(config.data.tokenizer)
-  model, params = load_model(config, checkpoint_path, mesh, rules, loaded)
-  _check_tokenizer(tokenizer, model)
-  return config, mesh, rules, tokenizer, model, params
 
 
 def evaluate(config, checkpoint_path, output_dir: Optional[str] = None,
@@ -114,7 +36,9 @@ def evaluate(config, checkpoint_path, output_dir: Optional[str] = None,
     manual.prepare_all(config, manual_dir)
   _barrier("datasets_prepared")
   t0 = time.perf_counter()
-  config, mesh, rules, tokenizer, model, params = load(config, checkpoint_path)
+  saved = saved_model.load(config, checkpoint_path)
+  config, mesh, rules, tokenizer = saved.config, saved.mesh, saved.rules, saved.tokenizer
+  model, params = saved.model, saved.params
   _print(f"loaded {checkpoint_path} in {time.perf_counter() - t0:.1f}s; mesh "
          f"{dict(mesh.shape)} over {mesh.devices.size} devices, {jax.process_count()} "
          "process(es)")

@@ -7,7 +7,8 @@
 
 Records carry the image bytes, no captions, and their path (`source.files[i]`), so outputs can
 name each row's file. An unreadable file is masked by the eval iterator (counted by reason) and
-listed by `coca_jax.infer`; the run goes on. Order is fixed, so every process agrees on it.
+listed by `coca_jax.inference.batch`; the run goes on. Order is fixed, so every process agrees
+on it.
 """
 import glob
 import os
@@ -17,7 +18,8 @@ import numpy as np
 from etils import epath
 
 from coca_jax.data import formats, pipeline, shapes
-from coca_jax.evals.folder import EXTENSIONS, source_eval_iterator
+from coca_jax.data.folder import EXTENSIONS
+from coca_jax.evals.folder import source_eval_iterator
 
 
 def list_images(path: str) -> List[str]:

@@ -27,6 +27,8 @@ def _lines(name: str) -> Tuple[str, ...]:
 
 @functools.cache
 def class_names() -> Tuple[str, ...]:
+  """CLIP's 1000 curated ImageNet-1k class names ("tench", "goldfish", ...), in class-index
+  order (data/imagenet_classes.txt)."""
   return _lines("imagenet_classes.txt")
 
 
@@ -37,11 +39,14 @@ def wnids() -> Tuple[str, ...]:
 
 
 def is_wnid(name: str) -> bool:
+  """Whether `name` is a WordNet id: "n" and eight digits, e.g. "n01440764"."""
   return bool(_WNID.match(name))
 
 
 @functools.cache
 def templates() -> Tuple[str, ...]:
+  """CLIP's 80 ImageNet prompt templates ("a bad photo of a {}.", ...), each with one "{}" for
+  the class name (data/imagenet_templates.txt)."""
   return _lines("imagenet_templates.txt")
 
 

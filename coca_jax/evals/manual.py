@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from coca_jax.data import provenance
 from coca_jax.data.config import resolve as resolve_data
-from coca_jax.data.sources import DatasetSpec
+from coca_jax.data.spec import DatasetSpec
 
 
 # Archives whose members are the examples of a split: a prepared split must hold them all.

@@ -38,7 +38,17 @@ def _text_block(lines_with_colour, width_px: int, font, line_h: int) -> Image.Im
 
 def caption_gallery(images: Sequence, generated: Sequence[str],
                     references: Sequence[Optional[str]], columns: int = 4) -> np.ndarray:
-  """A grid: each cell an image, its generated caption (blue) and a reference (black)."""
+  """A grid: each cell an image, its generated caption (blue) and a reference (black).
+
+  Args:
+    images: PIL images or uint8 (H, W, 3) arrays of any size, each resized to 128x128.
+    generated: one caption per image.
+    references: one reference caption (or None: not drawn) per image.
+    columns: cells per row.
+
+  Returns:
+    The picture, uint8 (H, W, 3); a white 128x128 square when there are no images.
+  """
   font, line_h = _font(), 13
   cell_w = 2 * TILE
   cells = []
@@ -56,7 +66,16 @@ def caption_gallery(images: Sequence, generated: Sequence[str],
 
 def retrieval_examples(queries: Sequence[str], images: Sequence[Sequence],
                        correct: Sequence[Sequence[bool]]) -> np.ndarray:
-  """One row per text query: the query, then its top images (a green frame when relevant)."""
+  """One row per text query: the query, then its top images (a green frame when relevant).
+
+  Args:
+    queries: the query texts.
+    images: per query, its ranked images (PIL images or uint8 (H, W, 3) arrays), best first.
+    correct: per query, a bool per image: whether it is the query's own image.
+
+  Returns:
+    The picture, uint8 (H, W, 3); a white 128x128 square when there are no queries.
+  """
   font, line_h = _font(), 13
   k = max((len(row) for row in images), default=0)
   label_w = 2 * TILE
@@ -92,4 +111,5 @@ def _grid(cells, columns: int) -> np.ndarray:
 
 
 def save_png(path, picture: np.ndarray) -> None:
+  """Writes a uint8 (H, W, 3) picture to the local file `path` as PNG (through PIL)."""
   Image.fromarray(picture).save(str(path), format="PNG")

@@ -22,7 +22,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from coca_jax import sharding
+from coca_jax.parallel import sharding
 from coca_jax.data import records
 from coca_jax.evals import common, pictures, zero_shot
 
@@ -32,7 +32,15 @@ PICTURE_FILE = "retrieval_examples.png"
 
 def ranked_relevance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
   """Relevance (Q, N) of each query's items in rank order (best first; on equal scores the
-  irrelevant item first)."""
+  irrelevant item first).
+
+  Args:
+    scores: float (Q, N) similarity of each query to each item.
+    relevant: bool (Q, N), whether each item is relevant to each query.
+
+  Returns:
+    `relevant` (same dtype, bool here) with each row sorted by descending score.
+  """
   order = np.lexsort((relevant, -scores), axis=-1)
   return np.take_along_axis(relevant, order, axis=-1)
 
@@ -51,7 +59,25 @@ def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray,
                       text_image: np.ndarray, ks: Sequence[int] = KS, chunk: int = 1024,
                       prefix: str = "retrieval") -> Dict[str, float]:
   """Recall@K and mAP both ways. `text_image[t]` is the image that text t describes; images
-  without any text are left out of the image->text queries."""
+  without any text are left out of the image->text queries.
+
+  Recall@K: the fraction of queries with at least one relevant item among the K best scored
+  (an image's relevant items are all its texts, a text's is its one image). AP of a query: the
+  mean, over its relevant items, of the precision at each one's rank; mAP: the mean AP over
+  queries. Similarities are dot products, i.e. cosines of normalised embeddings.
+
+  Args:
+    image_embeds: float32 (I, D) L2-normalised image embeddings.
+    text_embeds: float32 (T, D) L2-normalised text embeddings.
+    text_image: int (T,) index into image_embeds of each text's image.
+    ks: the K of recall@K.
+    chunk: queries scored at once (bounds memory at chunk x max(I, T) floats).
+    prefix: name prefix of the results.
+
+  Returns:
+    {"{prefix}/image_to_text/R@K", ".../mAP", "{prefix}/text_to_image/R@K", ".../mAP"}:
+    fractions 0..1; "{prefix}/images" and "{prefix}/texts": the counts I and T.
+  """
   text_image = np.asarray(text_image)
   num_images = len(image_embeds)
   sums: Dict[str, Dict[str, float]] = {"i2t": {}, "t2i": {}}
@@ -156,6 +182,8 @@ class RetrievalEvaluator:
     return embeds, seen
 
   def run(self, params) -> Dict[str, float]:
+    """`retrieval_metrics` of the split's images and captions (fractions 0..1) and
+    `{prefix}/duplicate_images`, the count of images repeating another one's bytes."""
     results, _ = self._run(params)
     return results
 
@@ -179,6 +207,7 @@ class RetrievalEvaluator:
                      renumber[owners])
 
   def run_final(self, params, workdir=None, writer=None, step=None) -> Dict[str, float]:
+    """The results of `run`; also draws the example picture into `workdir` and `writer`."""
     results, found = self._run(params)
     if self.num_pictured and (workdir is not None or writer is not None):
       picture = self.picture(*found)

@@ -4,7 +4,8 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 
-from coca_jax import losses, sharding
+from coca_jax.train import losses
+from coca_jax.parallel import sharding
 
 
 class ValidationLossEvaluator:
@@ -35,6 +36,9 @@ class ValidationLossEvaluator:
     self._weights = (contrastive_weight, caption_weight)
 
   def run(self, params) -> Dict[str, float]:
+    """{prefix}/contrastive: symmetric InfoNCE, the mean over eval batches; {prefix}/caption:
+    next-token cross-entropy in nats per non-padding token over the whole split;
+    {prefix}/total: contrastive_weight * contrastive + caption_weight * caption."""
     con_total = cap_sum = cap_count = 0.0
     batches = 0
     for batch in self.eval_iter:

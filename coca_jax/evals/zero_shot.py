@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coca_jax import sharding
+from coca_jax.parallel import sharding
 from coca_jax.evals import common
 
 GENERATIVE_TEMPLATE = "a photo of a {}."
@@ -16,7 +16,19 @@ GENERATIVE_TEMPLATE = "a photo of a {}."
 def encode_texts(model, params, tokens: np.ndarray, batch_size: int = 256, mesh=None,
                  progress: Optional[common.Progress] = None) -> np.ndarray:
   """Normalised text embeddings (N, embed_dim) of token rows (N, L), as NumPy on every
-  process. With a mesh the rows of each batch are spread over its devices."""
+  process. With a mesh the rows of each batch are spread over its devices.
+
+  Args:
+    model, params: the CoCa module and its params (its `encode_text` is used).
+    tokens: int32 (N, L) token rows (`tokenizer.encode`), the same on every process.
+    batch_size: rows per step (with a mesh, rounded up by `common.fit_batch`); the last batch
+      is padded with copies of its first row.
+    mesh: spread each batch over its batch axes; None: one device.
+    progress: advanced by the rows done.
+
+  Returns:
+    float32 (N, embed_dim) L2-normalised embeddings; (0, 0) when N is 0.
+  """
   if mesh is None:
     encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text")[0])
     batch = batch_size
@@ -55,7 +67,18 @@ def classifier_weights(model, params, tokenizer, class_names: Sequence[str],
 
 
 def topk_hits(scores, labels, mask, k: int = 5):
-  """(top-1 hits, top-k hits, examples) over the valid rows of scores (B, classes)."""
+  """(top-1 hits, top-k hits, examples) over the valid rows of scores (B, classes).
+
+  Args:
+    scores: float (B, C) class scores, higher is better.
+    labels: int32 (B,) true class of each row.
+    mask: bool (B,), False on padding rows (not counted).
+    k: top-k (at most C).
+
+  Returns:
+    Three int32 () counts: rows whose best class is the label, rows with the label among the
+    k best, and valid rows.
+  """
   top = jax.lax.top_k(scores, min(k, scores.shape[-1]))[1]
   hit1 = (top[:, 0] == labels) & mask
   hitk = jnp.any(top == labels[:, None], axis=1) & mask
@@ -127,6 +150,9 @@ class ZeroShotEvaluator:
         self.text_batch_size, self.mesh))
 
   def run(self, params) -> Dict[str, float]:
+    """{prefix}/top1 and {prefix}/top5 (fractions 0..1 of the examples read),
+    {prefix}/examples, {prefix}/chance (1 / classes) and, when some records could not be read,
+    {prefix}/unreadable_examples."""
     classifier = self._classifier(params)
     hit1 = hit5 = count = 0
     progress = common.Progress(f"{self.prefix}: classifying",

@@ -5,10 +5,10 @@
 
   model, params, tokenizer = coca_jax.load(DIR)   # needs DIR and coca_jax, nothing else
 
-DIR is a params-only checkpoint (`coca_jax.params_checkpoint`): params/ (Orbax), the model
+DIR is a params-only checkpoint (`coca_jax.checkpoints.params_dir`): params/ (Orbax), the model
 config, the tokenizer (tokenizer.json next to its SentencePiece model or CLIP BPE vocabulary)
 and how inputs were prepared in training (data_config.json: normalisation, image size, text
-length), so that `eval.py` and `coca_jax.infer` need no config for it.
+length), so that `eval.py` and `coca_jax.inference.batch` need no config for it.
 A model in open_clip's layout (the `openclip_*` configs) also gets open_clip_model.safetensors and
 open_clip_config.json, which open_clip reads back:
 
@@ -17,6 +17,10 @@ open_clip_config.json, which open_clip reads back:
 
 PATH is a params directory (`python -m coca_jax.convert.open_clip` writes one), a training
 workdir (its latest checkpoint) or one checkpoint step of a workdir.
+
+Modules:
+  __init__.py   `export` (writes DIR), `load` (reads it back), `open_clip_config`
+  __main__.py   the `python -m coca_jax.export` command line
 """
 import json
 import os
@@ -35,7 +39,7 @@ CLIP_VOCAB_SIZE = 49408
 def load_params(path: str):
   """(params, ModelConfig) from PATH."""
   # Params directories, training workdirs and checkpoint steps alike.
-  from coca_jax.checkpoint import load_params as read  # pylint: disable=g-import-not-at-top
+  from coca_jax.checkpoints import load_params as read  # pylint: disable=g-import-not-at-top
   return read(path)
 
 
@@ -43,8 +47,8 @@ def default_tokenizer(path: str, cfg) -> Optional[Any]:
   """The tokenizer a checkpoint was trained with, where that can be known: one saved with it,
   the `data.tokenizer` of a training workdir's config.json, CLIP's BPE for CLIP's vocabulary
   size; None otherwise."""
-  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
-  tokenizer = params_checkpoint.load_tokenizer(path)
+  from coca_jax.checkpoints import params_dir  # pylint: disable=g-import-not-at-top
+  tokenizer = params_dir.load_tokenizer(path)
   if tokenizer is not None:
     return tokenizer
   # A workdir holds config.json; a checkpoint step is WORKDIR/checkpoints/<step>.
@@ -71,9 +75,9 @@ def _workdir_config(path: str) -> Optional[Dict[str, Any]]:
 def training_data_config(path: str) -> Optional[Dict[str, Any]]:
   """The input fields (normalisation, image size, text length) a checkpoint was trained with:
   saved with a params directory, or its workdir's config.json; None when unknown."""
-  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.join(path, params_checkpoint.MODEL_CONFIG)):
-    return params_checkpoint.load_data_config(path)
+  from coca_jax.checkpoints import params_dir  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(path, params_dir.MODEL_CONFIG)):
+    return params_dir.load_data_config(path)
   config = _workdir_config(path)
   return dict(config["data"]) if config and "data" in config else None
 
@@ -129,18 +133,18 @@ def export(checkpoint: str, output: str, dtype: str = "float32",
            tokenizer: Any = "auto") -> Dict[str, Any]:
   """Writes `output` (see the module docstring); returns what was written. `tokenizer`: a spec
   for `coca_jax.tokenizers.load`, "auto" (`default_tokenizer`) or None."""
-  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.join(output, params_checkpoint.PARAMS)):
+  from coca_jax.checkpoints import params_dir  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(output, params_dir.PARAMS)):
     raise FileExistsError(f"{output} already holds params; choose an empty directory")
   params, cfg = load_params(checkpoint)
   if tokenizer == "auto":
     tokenizer = default_tokenizer(checkpoint, cfg)
-  params_checkpoint.save(output, params, cfg, tokenizer=tokenizer, dtype=dtype,
+  params_dir.save(output, params, cfg, tokenizer=tokenizer, dtype=dtype,
                          data=training_data_config(checkpoint))
   written = {"output": os.path.abspath(output), "dtype": dtype,
              "params": int(sum(np.size(x) for x in _leaves(params))), "tokenizer": None}
-  if os.path.exists(os.path.join(output, params_checkpoint.TOKENIZER)):
-    with open(os.path.join(output, params_checkpoint.TOKENIZER)) as f:
+  if os.path.exists(os.path.join(output, params_dir.TOKENIZER)):
+    with open(os.path.join(output, params_dir.TOKENIZER)) as f:
       written["tokenizer"] = json.load(f)
   else:
     written["warning"] = "no tokenizer: captions cannot be decoded; pass --tokenizer=SPEC"
@@ -149,9 +153,10 @@ def export(checkpoint: str, output: str, dtype: str = "float32",
     written["open_clip"] = "not written: " + "; ".join(reasons)
     return written
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from coca_jax.convert.open_clip import to_open_clip_state_dict  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from coca_jax.convert.open_clip import to_open_clip_state_dict
   state_dict = to_open_clip_state_dict(params, cfg)
-  storage = params_checkpoint.DTYPES[dtype]
+  storage = params_dir.DTYPES[dtype]
   save_file({k: np.ascontiguousarray(v.astype(storage)) for k, v in state_dict.items()},
             os.path.join(output, OPEN_CLIP_WEIGHTS))
   with open(os.path.join(output, OPEN_CLIP_CONFIG), "w") as f:
@@ -174,10 +179,10 @@ def load(directory: str, dtype: Optional[str] = None):
   params: a nested dict of NumPy arrays, as stored (float32 or bfloat16) or cast to `dtype`;
   `model.apply({"params": params}, ...)` computes in the model config's dtype either way.
   """
-  from coca_jax import params_checkpoint  # pylint: disable=g-import-not-at-top
+  from coca_jax.checkpoints import params_dir  # pylint: disable=g-import-not-at-top
   from coca_jax.model import create_model  # pylint: disable=g-import-not-at-top
-  params, cfg = params_checkpoint.load(directory)
+  params, cfg = params_dir.load(directory)
   if dtype is not None:
     import jax  # pylint: disable=g-import-not-at-top
-    params = jax.tree.map(lambda x: x.astype(params_checkpoint.DTYPES[dtype]), params)
-  return create_model(cfg), params, params_checkpoint.load_tokenizer(directory)
+    params = jax.tree.map(lambda x: x.astype(params_dir.DTYPES[dtype]), params)
+  return create_model(cfg), params, params_dir.load_tokenizer(directory)

@@ -15,6 +15,7 @@ flags.mark_flags_as_required(["checkpoint", "output"])
 
 
 def main(argv):
+  """Exports `--checkpoint` to `--output` and prints what `export` wrote as one JSON line."""
   del argv
   f = flags.FLAGS
   tokenizer = {"auto": "auto", "none": None}.get(f.tokenizer, f.tokenizer)

@@ -3,7 +3,7 @@
 Queries, keys and values are separate projections (not one fused qkv kernel) so that the
 key/value input may be wider than the query, as in the attentional pooler.
 """
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -50,6 +50,19 @@ class OutputProjection(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
+  """Multi-head attention with separate query, key, value and output projections.
+
+  Params: "query", "key", "value" (`HeadsProjection`, kernels (Din, heads, head_dim)) and
+  "out" (`OutputProjection`), the same in every mode below, so one set of params serves
+  training and the decoding cache. head_dim = width // num_heads.
+
+  Attributes:
+    num_heads: attention heads; must divide `width`.
+    width: output and query-projection width; default: the query input's width.
+    use_bias: biases on the query, key and value projections (the output one always has one).
+    dtype: compute dtype; params are float32.
+    implementation: `jax.nn.dot_product_attention`'s ("xla", "cudnn"; None: JAX chooses).
+  """
   num_heads: int
   width: Optional[int] = None  # output and query-projection width; default: query input width
   use_bias: bool = True
@@ -58,57 +71,113 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None, cache=None):
-    """inputs_q (B, T, Dq), inputs_kv (B, S, Dkv), mask bool broadcastable to (B, 1, T, S).
+    """Attention of inputs_q to inputs_kv, in one of three modes chosen by `cache`.
 
-    Decoding (`coca_jax.decode`) passes a `cache` dict and gets (out, entries to store) back:
-      {"key", "value", "index"}: self-attention over cached keys/values (B, S, H, D) with
-          inputs_kv's own written in at position `index` (`mask` hides the unwritten ones);
-          returns inputs_kv's keys/values, which the caller stores at `index` (the stacked
-          caches of all layers are then updated in place, once per step);
-      {"key", "value"}: cross-attention to keys (B, H, D, S) and values (B, H, S, D) of an
-          earlier step (inputs_kv unused; returns {}); when they have fewer rows than the
-          queries, each serves a group of consecutive rows (the beams of one image) so they are
-          never copied per beam;
-      {}: inputs_kv's keys/values are computed and returned, for the steps after, already in
-          the layout the products over them take (so no step transposes them again).
+    Args:
+      inputs_q: queries' input (B, T, Dq), float (cast to `dtype`).
+      inputs_kv: keys' and values' input (B, S, Dkv), float; unused once a cross-attention cache
+        holds the keys/values.
+      mask: bool, broadcastable to (B, 1, T, S) (heads axis 1); True where a query may attend to
+        a key. None: every key.
+      cache: how decoding (`coca_jax.inference.decode`) runs; one of
+        None: training and encoding, see `_attend`;
+        {"key", "value", "index"}: self-attention over cached keys/values, see
+          `_attend_with_self_cache`;
+        {"key", "value"} or {} (the first step): cross-attention to the keys/values stored at
+          the first step, see `_attend_to_stored_cross`.
+
+    Returns:
+      Without `cache`: (B, T, width) in `dtype`. With one: (that, the cache entries to store).
+
+    Raises:
+      ValueError: a `mask` given with a cross-attention cache.
     """
     width = self.width or inputs_q.shape[-1]
     head_dim = width // self.num_heads
 
-    def project(name, x):
-      return HeadsProjection(self.num_heads, head_dim, self.use_bias, self.dtype, name=name)(x)
+    def project(name):
+      return HeadsProjection(self.num_heads, head_dim, self.use_bias, self.dtype, name=name)
 
-    q = project("query", inputs_q)
-    if cache is not None and "index" not in cache:  # decoding's cross-attention
-      if mask is not None:
-        raise ValueError("cross-attention to stored keys/values takes no mask")
-      stored = cache
-      if not cache:  # the first step: the image's keys/values, stored for the steps after
-        k, v = project("key", inputs_kv), project("value", inputs_kv)
-        stored = {"key": P.constrain(jnp.transpose(k, (0, 2, 3, 1)),
-                                     ("act_batch", "act_heads", "act_kv", "act_len")),
-                  "value": P.constrain(jnp.transpose(v, (0, 2, 1, 3)),
-                                       ("act_batch", "act_heads", "act_len", "act_kv"))}
-      out = _attend_to_stored(q, stored["key"], stored["value"])
-      out = OutputProjection(width, self.dtype, name="out")(out)
-      new = {} if cache else stored
-      return P.constrain(out, ("act_batch", "act_len", "act_embed")), new
-    k = project("key", inputs_kv)
-    v = project("value", inputs_kv)
-    new = {"key": k, "value": v}
-    if cache:
-      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
-          c, x.astype(c.dtype), cache["index"], axis=1)
-      k, v = write(cache["key"], k), write(cache["value"], v)
-    q = P.constrain(q, ("act_batch", "act_len", "act_heads", "act_kv"))
-    k = P.constrain(k, ("act_batch", "act_len", "act_heads", "act_kv"))
-    v = P.constrain(v, ("act_batch", "act_len", "act_heads", "act_kv"))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-    out = OutputProjection(width, self.dtype, name="out")(out)
-    out = P.constrain(out, ("act_batch", "act_len", "act_embed"))
+    # Created here, applied in the helpers: @nn.compact submodules must be defined in __call__.
+    layers = _Projections(project("query"), project("key"), project("value"),
+                          OutputProjection(width, self.dtype, name="out"))
     if cache is None:
-      return out
-    return out, new
+      return _attend(layers, inputs_q, inputs_kv, mask, self.implementation)
+    if "index" in cache:
+      return _attend_with_self_cache(layers, inputs_q, inputs_kv, mask, cache,
+                                     self.implementation)
+    if mask is not None:
+      raise ValueError("cross-attention to stored keys/values takes no mask")
+    return _attend_to_stored_cross(layers, inputs_q, inputs_kv, cache)
+
+
+class _Projections(NamedTuple):
+  """A `MultiHeadAttention`'s submodules, for the helpers that apply them."""
+  query: HeadsProjection
+  key: HeadsProjection
+  value: HeadsProjection
+  out: OutputProjection
+
+
+def _attend(layers: _Projections, inputs_q, inputs_kv, mask, implementation):
+  """No cache (training, encoding, a full forward pass): inputs_q (B, T, Dq) attends to
+  inputs_kv (B, S, Dkv) under `mask` (bool, broadcastable to (B, 1, T, S)) -> (B, T, width)."""
+  q = layers.query(inputs_q)
+  k, v = layers.key(inputs_kv), layers.value(inputs_kv)
+  return _dot_product_attention(layers, q, k, v, mask, implementation)
+
+
+def _attend_with_self_cache(layers: _Projections, inputs_q, inputs_kv, mask, cache,
+                            implementation):
+  """Decoding's self-attention: the new position(s) of inputs_kv (B, T, D) are written into
+  copies of the cached keys and values (B, S, H, D) at `cache["index"]` (int32 scalar), and the
+  queries attend to all S rows; `mask` (bool, broadcastable to (B, 1, T, S)) hides the rows not
+  yet written.
+
+  Returns (out (B, T, width), {"key", "value"}: inputs_kv's own (B, T, H, D)); the caller stores
+  them at `index`, so that the stacked caches of all layers are updated in place once per step
+  (`coca_jax.model.blocks.store`) rather than copied per layer.
+  """
+  q = layers.query(inputs_q)
+  k, v = layers.key(inputs_kv), layers.value(inputs_kv)
+  write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
+      c, x.astype(c.dtype), cache["index"], axis=1)
+  out = _dot_product_attention(layers, q, write(cache["key"], k), write(cache["value"], v),
+                               mask, implementation)
+  return out, {"key": k, "value": v}
+
+
+def _attend_to_stored_cross(layers: _Projections, inputs_q, inputs_kv, cache):
+  """Decoding's cross-attention to the image's keys (B, H, D, S) and values (B, H, S, D).
+
+  `cache` {}: the first step; they are projected from inputs_kv (B, S, Dkv) and returned, to be
+  stored, already in the layout the products over them take (so no later step transposes
+  them). `cache` {"key", "value"}: the later steps; inputs_kv is unused and {} returns. When the
+  keys/values have fewer rows than the queries (B*G, T, Dq), each serves a group of G
+  consecutive rows (the beams of one image), so they are never copied per beam.
+
+  Returns (out (B*G, T, width), the entries to store: the keys/values at the first step, else {}).
+  """
+  q = layers.query(inputs_q)
+  stored = cache
+  if not cache:
+    k, v = layers.key(inputs_kv), layers.value(inputs_kv)
+    stored = {"key": P.constrain(jnp.transpose(k, (0, 2, 3, 1)),
+                                 ("act_batch", "act_heads", "act_kv", "act_len")),
+              "value": P.constrain(jnp.transpose(v, (0, 2, 1, 3)),
+                                   ("act_batch", "act_heads", "act_len", "act_kv"))}
+  out = layers.out(_attend_to_stored(q, stored["key"], stored["value"]))
+  new = {} if cache else stored
+  return P.constrain(out, ("act_batch", "act_len", "act_embed")), new
+
+
+def _dot_product_attention(layers: _Projections, q, k, v, mask, implementation):
+  """Queries (B, T, H, D) over keys and values (B, S, H, D) -> projected (B, T, width)."""
+  q = P.constrain(q, ("act_batch", "act_len", "act_heads", "act_kv"))
+  k = P.constrain(k, ("act_batch", "act_len", "act_heads", "act_kv"))
+  v = P.constrain(v, ("act_batch", "act_len", "act_heads", "act_kv"))
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  return P.constrain(layers.out(out), ("act_batch", "act_len", "act_embed"))
 
 
 def _attend_to_stored(q, key, value):

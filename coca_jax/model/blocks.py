@@ -2,9 +2,9 @@
 
 A layer's __call__ takes (x, aux) and returns (x, None), the signature nn.scan expects; aux is a
 tuple of inputs shared by every layer (attention mask, cross-attention context). Decoding one
-position at a time (`coca_jax.decode`) adds the layer's cache: (x, aux, cache) -> (x, the cache
-entries to store: this position's keys/values, the image's at the first step); aux then ends
-with the position.
+position at a time (`coca_jax.inference.decode`) adds the layer's cache: (x, aux, cache) ->
+(x, the cache entries to store: this position's keys/values, the image's at the first step);
+aux then ends with the position.
 """
 
 import flax.linen as nn
@@ -24,10 +24,13 @@ REMAT_POLICIES = {
 
 
 def compute_dtype(cfg: ModelConfig):
+  """The activations' dtype (`cfg.dtype`: float32, bfloat16 or float16); params stay float32."""
   return jnp.dtype(cfg.dtype)
 
 
 def layer_norm(cfg: ModelConfig, name: str):
+  """A LayerNorm submodule `name`: epsilon `cfg.layer_norm_eps` (open_clip: 1e-5), float32
+  scale and bias, output in the compute dtype."""
   return nn.LayerNorm(
       epsilon=cfg.layer_norm_eps, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
       scale_init=P.param_init(nn.initializers.ones, ("norm",)),
@@ -147,8 +150,23 @@ def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache
 
   Scanned params are stacked under `name` with a leading `layers` axis; unrolled ones live under
   `name_0` ... `name_{depth-1}` (`coca_jax.model.layer_stacking` converts between the two).
-  Decoding position `index` with a `cache` (every leaf with a leading layer axis, scanned or not:
-  one layout for `coca_jax.decode`): layer i reads slice i, and (x, updated cache) returns.
+  Remat (`cfg.remat_policy`) applies in training only, never with a cache.
+
+  Args:
+    layer_cls: `EncoderLayer` or `MultimodalLayer`.
+    depth: the number of layers.
+    cfg: the model config (scan_layers, remat_policy).
+    name: the params' name (see above).
+    x: states (B, T, W) in the compute dtype (float32 / bfloat16 / float16).
+    aux: inputs every layer shares: (mask,) or (mask, image tokens); see the layers.
+    cache: decoding's key/value caches, every leaf with a leading layer axis, scanned or not (one
+      layout for `coca_jax.inference.decode`): self-attention keys/values
+      (layers, B, S, heads, head_dim); layer i reads slice i.
+    index: int32 scalar (), the position being decoded (with `cache`).
+    **layer_kwargs: the layer's other attributes (num_heads, mlp_dim, ...).
+
+  Returns:
+    x (B, T, W), same dtype; with `cache`: (x, the cache with position `index` written).
   """
   if cfg.remat_policy != "none" and cache is None:
     layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
@@ -182,7 +200,11 @@ def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache
 def store(cache, new, index):
   """The cache after a decoding step: every layer's keys/values of the position written at
   `index` in one update of the stacked arrays (in place: copying per layer would move the whole
-  cache once per layer and step); cross-attention ones (first step) kept whole."""
+  cache once per layer and step); cross-attention ones (first step) kept whole.
+
+  cache["self"] leaves are (layers, B, S, heads, head_dim), new["self"] ones
+  (layers, B, 1, heads, head_dim), cast to the cache's dtype; index is an int32 scalar ().
+  """
   cache = dict(cache)
   cache["self"] = jax.tree.map(
       lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), index, axis=2),

@@ -15,6 +15,10 @@ from coca_jax.model.vit import VisionTransformer
 
 
 def l2_normalize(x, eps=1e-12):
+  """x (B, D), any float dtype and leading axes -> float32 (B, D), rows of unit L2 norm.
+
+  `eps` bounds the divisor from below, so an all-zero row stays zero instead of NaN.
+  """
   x = x.astype(jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
@@ -42,6 +46,10 @@ class CoCa(nn.Module):
   deterministic: bool = True
 
   def setup(self):
+    """Submodules named as the params are: token_embedding (shared by both text decoders, and
+    the output projection when `decoder.tie_embeddings`), visual, pooling, text, decoder; and
+    logit_scale, the log of the contrastive temperature's inverse (init ln(1 / 0.07), paper
+    section 3; open_clip)."""
     cfg = self.cfg
     self.token_embedding = nn.Embed(
         cfg.text.vocab_size, cfg.text.width, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
@@ -78,13 +86,39 @@ class CoCa(nn.Module):
 
   # --- the public methods ---------------------------------------------------------------
   def encode_image(self, images, normalize: bool = True):
-    """-> (image embedding (B, embed_dim), image tokens for the decoder (B, M, width))."""
+    """Runs the ViT and the poolers.
+
+    Args:
+      images: (B, H, W, 3) float, normalised pixels (NHWC); H = W = `vision.image_size`.
+      normalize: L2-normalise the embedding (the contrastive loss and retrieval use it so).
+
+    Returns:
+      (image embedding (B, embed_dim): float32 when normalised, else the compute dtype;
+      image tokens (B, M, width) in the compute dtype, M = `cfg.num_image_tokens`, which the
+      multimodal decoder cross-attends to).
+
+    Raises:
+      ValueError: images of another shape, or not a float dtype.
+    """
     self._check_images(images)
     embedding, tokens = self.pooling(self.visual(images))
     return (l2_normalize(embedding) if normalize else embedding), tokens
 
   def encode_text(self, text, normalize: bool = True):
-    """-> (text embedding (B, embed_dim), unimodal token states (B, L, width))."""
+    """Runs the unimodal text decoder, the CLS token appended last.
+
+    Args:
+      text: (B, L) int32 token ids, right-padded with `text.pad_id`, 1 <= L <= context_length.
+      normalize: L2-normalise the embedding.
+
+    Returns:
+      (text embedding (B, embed_dim): the CLS state, layer-normed and projected; float32 when
+      normalised, else the compute dtype; token states (B, L, width) of the text positions in
+      the compute dtype, without the final norm: the multimodal decoder's input).
+
+    Raises:
+      ValueError: text not (B, L) integers, or L outside 1..context_length.
+    """
     self._check_text(text)
     embedding, tokens = self.text(text)
     return (l2_normalize(embedding) if normalize else embedding), tokens
@@ -127,7 +161,7 @@ class CoCa(nn.Module):
     """-> {"image_embed", "text_embed", "logits", "logit_scale"}; with `caption_loss_chunks`
     also "caption_state_chunks" (chunks, B, L / chunks, W), the decoder's final states split
     along the text (zero-padded to a multiple of the chunk count), and "caption_proj"
-    (W, vocab), from which `coca_jax.losses.coca_loss` makes the logits chunk by chunk. (Under
+    (W, vocab), from which `coca_jax.train.losses.coca_loss` makes the logits chunk by chunk. (Under
     jit, logits that nothing reads are never computed.)"""
     image_embed, image_tokens = self.encode_image(images)
     text_embed, text_tokens = self.encode_text(text)

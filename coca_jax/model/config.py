@@ -14,6 +14,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+  """The ViT image encoder. Defaults: ViT-B/16 at 224 px, CoCa-Base's encoder size (paper
+  Table 1; the paper pretrains at 288 px with 18 px patches)."""
   image_size: int = 224
   patch_size: int = 16
   width: int = 768
@@ -26,11 +28,14 @@ class VisionConfig:
 
   @property
   def num_patches(self) -> int:
+    """Patch tokens, (image_size // patch_size) ** 2; the class token not counted."""
     return (self.image_size // self.patch_size) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolerConfig:
+  """The attentional poolers (paper section 3): learned queries, one attention layer, no MLP.
+  Their width is `ModelConfig.embed_dim`."""
   layout: str = "cascade"  # cascade | parallel (paper) | single (open_clip)
   num_queries: int = 256  # generative pooler queries (single layout: all queries, 0 = embedding)
   num_heads: int = 8
@@ -65,6 +70,8 @@ class DecoderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  """The whole model: its sections, the shared settings, and how it computes (dtype, scanned
+  layers, remat, chunked caption loss). Build it with `from_dict`, which validates it."""
   vision: VisionConfig = VisionConfig()
   pooler: PoolerConfig = PoolerConfig()
   text: TextConfig = TextConfig()
@@ -88,6 +95,7 @@ class ModelConfig:
 
   @property
   def decoder_width(self) -> int:
+    """The multimodal decoder's width: the unimodal text width, whose states it continues."""
     return self.text.width
 
   @property
@@ -131,6 +139,12 @@ def from_dict(config: Any) -> ModelConfig:
 
 
 def validate(cfg: ModelConfig) -> None:
+  """Checks fields against each other (divisible widths, ids in the vocabulary, known enum
+  values).
+
+  Raises:
+    ValueError: the first failed check, naming its field ("model config: FIELD: ...").
+  """
   v, p, t, d = cfg.vision, cfg.pooler, cfg.text, cfg.decoder
   _check(v.image_size % v.patch_size == 0, "vision.image_size",
          f"{v.image_size} is not a multiple of vision.patch_size {v.patch_size}")

@@ -8,12 +8,17 @@ from coca_jax.model import partitioning as P
 
 
 class Mlp(nn.Module):
+  """fc1 (width -> hidden_dim), GELU, fc2 (hidden_dim -> width): x (B, T, width) in `dtype`.
+
+  GELU: exact (erf) as open_clip's, or the tanh approximation with `exact_gelu=False`.
+  """
   hidden_dim: int
   exact_gelu: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    """x (B, T, width), float -> (B, T, width) in `dtype`."""
     width = x.shape[-1]
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),

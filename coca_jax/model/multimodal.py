@@ -12,9 +12,9 @@ from coca_jax.model.config import ModelConfig
 class MultimodalDecoder(nn.Module):
   """(text states (B, T, W), image tokens (B, M, W)) -> float32 logits (B, T, vocab).
 
-  Decoding (`coca_jax.decode`): with a `cache`, x is the state of position `index` alone, and
-  (logits, updated cache) return; image_tokens are needed only while the cache has no
-  cross-attention keys/values yet (the first step).
+  Decoding (`coca_jax.inference.decode`): with a `cache`, x is the state of position `index`
+  alone, and (logits, updated cache) return; image_tokens are needed only while the cache has
+  no cross-attention keys/values yet (the first step).
   """
   cfg: ModelConfig
   tied_embedding: Optional[Any] = None  # the shared nn.Embed when the projection is tied

@@ -15,7 +15,8 @@ from coca_jax.model.config import ModelConfig, TextConfig
 
 
 def valid_text_positions(text, t: TextConfig):
-  """True where a token is real text: not padding, and not after the first end token."""
+  """bool (B, L): True where a token of text (B, L) int32 is real text: not `t.pad_id`, and
+  not after the first `t.eos_id` (the end token itself is real; no eos_id: padding only)."""
   valid = text != t.pad_id
   if t.eos_id is not None:
     eos = (text == t.eos_id).astype(jnp.int32)
@@ -24,12 +25,14 @@ def valid_text_positions(text, t: TextConfig):
 
 
 def text_key_mask(text, t: TextConfig):
-  """Boolean (B, L+1): the keys (text positions, then the appended CLS) rows may attend to.
+  """bool (B, L+1): the keys (text positions, then the appended CLS) rows may attend to.
 
   With `legacy_cls_mask` (open_clip's published weights) the mask is shifted right by one: key 0
   is always visible, key j > 0 is visible iff text[j-1] is not padding, so the CLS key is
   visible only when the text fills every slot. Key j depends on text[:j+1] only, so decoding
   one position at a time sees the keys a full forward pass would.
+
+  text: (B, L) int32 token ids.
   """
   b = text.shape[0]
   if t.legacy_cls_mask:
@@ -38,8 +41,8 @@ def text_key_mask(text, t: TextConfig):
 
 
 def text_attention_mask(text, t: TextConfig):
-  """Boolean (B, 1, L+1, L+1) mask over the text plus the appended CLS position: every row is
-  causal and masks invalid keys (`text_key_mask`)."""
+  """bool (B, 1, L+1, L+1) mask over text (B, L) int32 plus the appended CLS position: every
+  row is causal and masks invalid keys (`text_key_mask`); True where a query may attend."""
   length = text.shape[1]
   causal = jnp.tril(jnp.ones((length + 1, length + 1), bool))
   return causal[None, None] & text_key_mask(text, t)[:, None, None, :]
@@ -48,8 +51,8 @@ def text_attention_mask(text, t: TextConfig):
 class UnimodalTextDecoder(nn.Module):
   """text (B, L) int -> (unnormalised embedding (B, embed_dim), token states (B, L, width)).
 
-  Decoding (`coca_jax.decode`): with a `cache`, only position `index` of `text` runs, without
-  the CLS token -> (its token state (B, 1, width), updated cache).
+  Decoding (`coca_jax.inference.decode`): with a `cache`, only position `index` of `text` runs,
+  without the CLS token -> (its token state (B, 1, width), updated cache).
   """
   cfg: ModelConfig
   token_embedding: Any  # an nn.Embed shared with a tied output projection

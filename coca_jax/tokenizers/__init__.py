@@ -1,5 +1,12 @@
 """Tokenizers behind one interface, and `load(spec)` to get one from a config.
 
+Modules:
+  base.py             `Tokenizer`: the interface, and packing ids into fixed-length int32 rows
+  clip_bpe.py         `ClipBpeTokenizer`: CLIP's byte-level BPE, the ids of open_clip's tokenizer
+  sentencepiece.py    `SentencePieceTokenizer`, and `train` (a SentencePiece model from captions)
+  __main__.py         `python -m coca_jax.tokenizers train` (below)
+  coca_shapes.model   the shipped SentencePiece model of the embedded dataset (`EMBEDDED_MODEL`)
+
 Every tokenizer has `encode(texts, length) -> int32 (B, length)` (start token, ids, end token
 kept when cut, padding), `decode(ids) -> str`, `pad_id`, `bos_id`, `eos_id`, `vocab_size`, and
 `save(directory)`, which writes what is needed to rebuild it (so it can travel with exported
@@ -34,7 +41,11 @@ __all__ = ["Tokenizer", "ClipBpeTokenizer", "SentencePieceTokenizer", "load", "E
 
 
 def load(spec: Any = "embedded", base_dir: Optional[epath.PathLike] = None) -> Tokenizer:
-  """A tokenizer from a spec (see the module docstring); a Tokenizer is returned as it is."""
+  """A tokenizer from a spec (see the module docstring); a Tokenizer is returned as it is.
+
+  Raises:
+    ValueError: a string spec that is none of the forms above, or an unknown dict "kind".
+  """
   if isinstance(spec, Tokenizer):
     return spec
   if spec is None or spec == "embedded":

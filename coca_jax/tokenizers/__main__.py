@@ -15,6 +15,12 @@ from etils import epath
 
 
 def main(argv=None):
+  """Runs the command above on `argv` (default: sys.argv[1:]).
+
+  Writes the model to --output (parent directories created) and prints one JSON line: output,
+  captions (the count read), pieces (the vocabulary size) and bytes. Exits with a message when
+  the dataset has no captions.
+  """
   parser = argparse.ArgumentParser(prog="python -m coca_jax.tokenizers", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)

@@ -18,7 +18,15 @@ class Tokenizer(abc.ABC):
 
   @abc.abstractmethod
   def tokenize(self, text: str) -> List[int]:
-    """Ids of one text, without start or end tokens."""
+    """Ids of one text, without start or end tokens.
+
+    Args:
+      text: one caption, a Python str (not an array).
+
+    Returns:
+      The ids as Python ints, as many as the text needs; `encode` packs them into int32
+      (B, length) rows.
+    """
 
   @abc.abstractmethod
   def detokenize(self, ids: Sequence[int]) -> str:
@@ -29,7 +37,10 @@ class Tokenizer(abc.ABC):
     """Writes the files needed to rebuild this tokenizer; returns a spec for `tokenizers.load`."""
 
   def encode(self, texts: Union[str, Iterable[str]], length: int) -> np.ndarray:
-    """int32 (B, length): start token, ids, end token (kept when cut), padding."""
+    """int32 (B, length): start token, ids, end token (kept when cut), padding.
+
+    `texts` is one str (then B = 1) or B of them. Raises ValueError when `length` < 2.
+    """
     if length < 2:
       raise ValueError(f"text length {length}: a tokenized text needs at least 2 positions "
                        "(start and end tokens)")

@@ -49,7 +49,13 @@ def byte_symbols() -> Dict[int, str]:
 
 
 def normalize(text: str) -> str:
-  """open_clip's "lower" cleaning: fix mojibake, unescape HTML twice, squeeze whitespace, lower."""
+  """open_clip's "lower" cleaning: fix mojibake, unescape HTML twice, squeeze whitespace, lower.
+
+  The steps of open_clip.tokenizer's `_clean_lower` (`basic_clean`: ftfy.fix_text, then
+  html.unescape twice, strip; `whitespace_clean`: runs of whitespace to one space; lower case).
+  `text` is one caption, a str (not an array); `ClipBpeTokenizer.encode` makes int32 (B, length)
+  rows of ids from the result.
+  """
   text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
   return " ".join(text.split()).lower()
 
@@ -98,6 +104,18 @@ class ClipBpeTokenizer(Tokenizer):
     return tuple(parts)
 
   def tokenize(self, text: str) -> List[int]:
+    """Ids of one text, as open_clip's `SimpleTokenizer.encode` gives them.
+
+    The text is `normalize`d, split into words (special tokens, contractions, letter runs,
+    single digits, other symbol runs), and each word's UTF-8 bytes are merged by BPE.
+
+    Args:
+      text: one caption, a str (not an array).
+
+    Returns:
+      Python ints in [0, 49408), without start or end tokens (unless the text itself holds
+      "<start_of_text>" or "<end_of_text>"); `encode` packs them into int32 (B, length) rows.
+    """
     table = byte_symbols()
     ids = []
     for word in self._words.findall(normalize(text)):
@@ -107,6 +125,9 @@ class ClipBpeTokenizer(Tokenizer):
     return ids
 
   def detokenize(self, ids: Sequence[int]) -> str:
+    """Text of ids in [0, vocab_size): start and end tokens skipped, each "</w>" a space, the
+    bytes decoded as UTF-8 (invalid sequences become U+FFFD), ends stripped. Padding (id 0, "!")
+    is not skipped here; `decode` trims it."""
     data = bytearray()
     for i in ids:
       if i in (self.bos_id, self.eos_id):
@@ -119,6 +140,8 @@ class ClipBpeTokenizer(Tokenizer):
     return data.decode("utf-8", errors="replace").strip()
 
   def save(self, directory) -> dict:
+    """Copies the vocabulary file into `directory` (created if missing) and writes
+    tokenizer.json; returns {"kind": "clip_bpe", "path": VOCAB_FILE}, relative to `directory`."""
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / VOCAB_FILE).write_bytes(self.vocab_path.read_bytes())

@@ -32,12 +32,17 @@ class SentencePieceTokenizer(Tokenizer):
                        "coca_jax.tokenizers train`)")
 
   def tokenize(self, text: str) -> List[int]:
+    """Ids of one text (a str, not an array) from the model, without start or end tokens;
+    `encode` packs them into int32 (B, length) rows."""
     return self._sp.encode(text)
 
   def detokenize(self, ids: Sequence[int]) -> str:
+    """Text of ids, padding ids dropped before the model decodes them."""
     return self._sp.decode([i for i in ids if i != self.pad_id])
 
   def save(self, directory) -> dict:
+    """Writes the model as sentencepiece.model and tokenizer.json into `directory` (created if
+    missing); returns {"kind": "sentencepiece", "path": MODEL_FILE}, relative to `directory`."""
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MODEL_FILE).write_bytes(self.model_bytes)

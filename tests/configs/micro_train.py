@@ -1,5 +1,5 @@
 """A training config small enough for subprocess tests on a 2-core CPU."""
-from coca_jax.train_config import base_config
+from coca_jax.train.config import base_config
 
 
 def get_config():

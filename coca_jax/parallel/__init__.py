@@ -1,0 +1,7 @@
+"""Where arrays live: the device mesh, logical axis rules, and the processes of a run.
+
+  sharding.py      the `(data, fsdp, tensor)` mesh, logical-name rules and their shardings,
+                   global batches from per-process ones, arrays back to the host
+  distributed.py   `jax.distributed` start-up from the config, process-0 printing, barriers
+  platforms.py     which JAX platforms a command starts (no TPU probe without TPU chips)
+"""
