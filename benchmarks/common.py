@@ -92,8 +92,39 @@ def versions():
   return out
 
 
+# Vector extensions that decide CPU matmul speed, as /proc/cpuinfo names them.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_info(cpuinfo_path="/proc/cpuinfo"):
+  """{"cpu_model", "cpu_vector_extensions"} of this host (Linux's /proc/cpuinfo; elsewhere the
+  platform's processor string and no extensions), and "xla_cpu_max_isa" when XLA_FLAGS caps
+  the instruction set XLA may use (e.g. --xla_cpu_max_isa=AVX2): a figure holds for the
+  extensions the compiled code could use."""
+  model, flags = platform.processor() or platform.machine(), set()
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+          model = value.strip()
+        elif key.strip() == "flags":
+          flags = set(value.split())
+        if model and flags and key.strip() == "flags":
+          break
+  except OSError:
+    pass
+  info = {"cpu_model": model,
+          "cpu_vector_extensions": [f for f in VECTOR_FLAGS if f in flags]}
+  for flag in os.environ.get("XLA_FLAGS", "").split():
+    if flag.startswith("--xla_cpu_max_isa="):
+      info["xla_cpu_max_isa"] = flag.partition("=")[2]
+  return info
+
+
 def header(**fields):
-  """The fields every JSON line carries: devices, versions, date, machine load."""
+  """The fields every JSON line carries: devices, the host CPU's model and vector extensions
+  (a CPU figure holds for its machine), versions, date, machine load."""
   import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   return {
@@ -102,6 +133,7 @@ def header(**fields):
       "device_kind": devices[0].device_kind,
       "device_count": len(devices),
       "host_cpus": os.cpu_count(),
+      **cpu_info(),
       "load_avg_1m": round(os.getloadavg()[0], 2),
       "versions": versions(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

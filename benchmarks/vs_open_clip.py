@@ -166,6 +166,8 @@ def worker(args):
   peak = args.peak_gflops or max(probe.values())
   base = common.header(benchmark="train_step_vs_open_clip", config=path, batch=batch,
                        threads=args.threads, torch_threads=torch.get_num_threads(),
+                       # the vector extensions torch's kernels use (ATEN_CPU_CAPABILITY caps it)
+                       torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                        xla_flags=os.environ.get("XLA_FLAGS", ""), dtype=cfg.dtype,
                        scan_layers=cfg.scan_layers, remat=cfg.remat_policy,
                        model_gflops_per_step=round(model_flops / 1e9, 2),

@@ -67,6 +67,7 @@ def test_train_step_lines(gpu_run):
     assert line["median_ms"] > 0 and line["mfu_vs_1tflops"] > 0
     assert line["config_loader"].startswith("stand-in")
     assert line["model_gflops_per_step"] > 0 and "load_avg_1m" in line
+    assert line["cpu_model"] and isinstance(line["cpu_vector_extensions"], list)
   assert lines[0]["caption_loss_chunks"] == 2 and lines[1]["attention_impl"] == "xla"
 
 
@@ -93,3 +94,22 @@ def test_decode_step_lines(gpu_run):
   # the sizes are exact.
   assert {"ms_per_step", "gb_per_s_read", "fraction_of_probe"} <= set(line)
   assert line["text_weights_mb"] > 0 and line["cross_kv_mb"] > 0 and line["probe_gb_per_s"] > 0
+
+
+def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
+  """Benchmark lines say which CPU and which vector extensions a figure was measured with."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
+  common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(common)
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
+                     "flags\t\t: fpu sse2 avx2 fma avx512f\n\nprocessor\t: 1\n")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 "
+                     "--xla_cpu_max_isa=AVX2")
+  info = common.cpu_info(str(cpuinfo))
+  assert info == {"cpu_model": "AMD EPYC 7B13", "cpu_vector_extensions": ["avx2", "fma",
+                                                                          "avx512f"],
+                  "xla_cpu_max_isa": "AVX2"}
+  monkeypatch.delenv("XLA_FLAGS")
+  assert "xla_cpu_max_isa" not in common.cpu_info(str(tmp_path / "absent"))
