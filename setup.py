@@ -46,6 +46,7 @@ setuptools.setup(
         ],
         "test": [
             "pytest",
+            "pytest-xdist",  # the suite runs in 2 processes (.ci/run)
             "torch==2.14.1",
             "torchvision==0.29.1",
             "open_clip_torch",
