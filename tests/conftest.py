@@ -34,17 +34,3 @@ def pytest_sessionstart(session):
     fcntl.flock(lock, fcntl.LOCK_EX)
     for config in ("default", "small"):
       embedded.prepare(None, config)  # TFDS's default data dir, as the tests' configs use
-
-
-# The longest test files (minutes each on 2 CPU cores, cold compilation cache) run first, so
-# that with two workers (`pytest -n 2 --dist loadfile`) the last minutes are short files, not
-# one worker alone on a long one.
-LONGEST_FIRST = ("test_train_processes.py", "test_train.py", "test_finetune.py",
-                 "test_benchmarks.py", "test_probe.py", "test_readme_own_data.py",
-                 "test_eval_cli.py", "test_losses.py", "test_resume_rules.py")
-
-
-def pytest_collection_modifyitems(items):
-  """Stable-sorts the tests: files of LONGEST_FIRST first, in that order, then the others."""
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
