@@ -9,7 +9,8 @@
 # Needs only jax, flax, optax and numpy: configs load without ml_collections (benchmarks/common.py).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR                 # on the GPU host, from the repo root
-#   GPU_RUN_SMOKE=1 bash benchmarks/gpu_run.sh OUT_DIR # configs/tiny.py, tiny counts (CI, CPU)
+#   GPU_RUN_SMOKE=1 bash benchmarks/gpu_run.sh OUT_DIR # configs/tiny.py (or GPU_RUN_CONFIG),
+#                                                      # tiny counts (CI, CPU)
 set -u
 out=${1:-/tmp/coca_gpu}
 mkdir -p "$out"
@@ -18,7 +19,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 py=${PYTHON:-python3}
 
 if [ -n "${GPU_RUN_SMOKE:-}" ]; then
-  config=configs/tiny.py; peaks=1; steps="--steps=1 --warmup=1"; limit=120
+  config=${GPU_RUN_CONFIG:-configs/tiny.py}; peaks=1; steps="--steps=1 --warmup=1"; limit=120
   sweeps=("full:2:{\"caption_loss_chunks\":2}" "none:2:{\"attention_impl\":\"xla\"}")
   caption="--batch=2 --max_len=8 --beams=2 --runs=1"; encode="--batch_sizes=2 --runs=1"
   step="--batch_sizes=2 --max_len=8 --runs=1 --probe_mb=8"

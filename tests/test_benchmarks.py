@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from train_fixtures import ROOT
+from train_fixtures import MICRO_TRAIN, ROOT
 
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections", "grain", "torch",
            "open_clip")
@@ -37,9 +37,12 @@ def gpu_run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("gpu_run")
   (tmp / "site").mkdir()
   (tmp / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-  env = dict(os.environ, GPU_RUN_SMOKE="1", JAX_PLATFORMS="cpu", PYTHON=sys.executable,
+  # The micro training config: the script's every step, at the smallest compile.
+  env = dict(os.environ, GPU_RUN_SMOKE="1", GPU_RUN_CONFIG=str(MICRO_TRAIN),
+             JAX_PLATFORMS="cpu", PYTHON=sys.executable,
              PYTHONPATH=os.pathsep.join([str(tmp / "site"), os.environ.get("PYTHONPATH", "")]),
-             JAX_COMPILATION_CACHE_DIR=os.path.expanduser("~/.cache/coca_jax/xla"),
+             JAX_COMPILATION_CACHE_DIR=os.environ.get(
+                 "JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/coca_jax/xla")),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   env.pop("XLA_FLAGS", None)
   out = tmp / "out"

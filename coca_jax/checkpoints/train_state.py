@@ -44,10 +44,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter
   """Restores the newest readable checkpoint onto `abstract_state`'s shardings.
 
   An unreadable checkpoint (truncated file, missing piece) is reported and the previous one is
-  tried. Returns (state, step), or (None, None) when there is nothing to resume.
+  tried; once an older one restores, the unreadable newer ones are moved aside to
+  CHECKPOINTS/<step>.unreadable (kept for inspection, and so that the resumed run can write
+  those steps again). Returns (state, step), or (None, None) when
+  there is nothing to resume.
   """
   # pylint: disable-next=g-import-not-at-top
   from coca_jax.checkpoints.data_iterator import IteratorRestore
+  unreadable, result = [], (None, None)
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
@@ -55,9 +59,32 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter
     except Exception as e:  # pylint: disable=broad-except
       logging.error("checkpoint at step %d is unreadable (%s: %s); falling back to the "
                     "previous one", step, type(e).__name__, str(e)[:500])
+      unreadable.append(step)
       continue
-    return restored["state"], step
-  return None, None
+    result = restored["state"], step
+    break
+  if unreadable and result[1] is not None:  # none readable: all left as they are, for the
+    _set_aside(manager, unreadable)          # caller to refuse (a changed config, say)
+  return result
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
+  """Renames CHECKPOINTS/<step> to <step>.unreadable (a name Orbax does not take for a step);
+  process 0 renames, then every process re-reads the step list."""
+  directory = epath.Path(manager.directory)
+  if jax.process_index() == 0:
+    for step in steps:
+      target, copy = directory / f"{step}.unreadable", 1
+      while target.exists():
+        copy += 1
+        target = directory / f"{step}.unreadable{copy}"
+      (directory / str(step)).rename(target)
+      logging.warning("moved the unreadable checkpoint %s aside to %s", directory / str(step),
+                      target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("coca_jax: unreadable checkpoints set aside")
+  manager.reload()
 
 
 class _DropMissingMetadata(py_logging.Filter):
