@@ -14,13 +14,26 @@ from coca_jax import checkpoints
 from train_fixtures import ROOT, random_micro_export, run_train, subprocess_env, train_command
 
 LOSS = re.compile(r"step (\d+)/\d+ \| loss ([0-9.]+)")
+# A learning rate that does not depend on num_train_steps (warmup, then constant): runs of
+# different lengths on the same devices then compile the same step, which the persistent
+# compilation cache holds after the first.
+CONSTANT_LR = "--config.optimizer.decay=constant"
 
 
 def losses(stdout):
   return {int(s): float(v) for s, v in LOSS.findall(stdout)}
 
 
+def train(workdir, *overrides, **kwargs):
+  """train.py run to its end, at the constant learning rate."""
+  return run_train(workdir, CONSTANT_LR, *overrides, **kwargs)
+
+
 def start(workdir, *overrides, devices=1, **kwargs):
+  """train.py started in the background, at the constant learning rate (for the micro
+  config) and with its output piped."""
+  if "config" not in kwargs:
+    overrides = (CONSTANT_LR,) + overrides
   return subprocess.Popen(train_command(workdir, *overrides, **kwargs),
                           env=subprocess_env(devices),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -57,14 +70,14 @@ def free_port():
 
 def test_exact_resume_after_sigkill(tmp_path):
   steps = ["--config.num_train_steps=8"]
-  reference = run_train(tmp_path / "reference", *steps)
+  reference = train(tmp_path / "reference", *steps)
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   proc = start(tmp_path / "killed", *steps)
   wait_for_line(proc, r"step 5/8")
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
-  resumed = run_train(tmp_path / "killed", *steps)
+  resumed = train(tmp_path / "killed", *steps)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   match = re.search(r"resumed from .*/checkpoints/(\d+)", resumed.stdout)
   assert match, resumed.stdout
@@ -89,14 +102,15 @@ def test_sigterm_saves_and_exits(tmp_path):
 
 def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
   steps = ["--config.num_train_steps=4"]
-  single = run_train(tmp_path / "one", *steps, devices=4)
+  # Two devices in all, as in test_a_dead_process_stops_the_others: the same program.
+  single = train(tmp_path / "one", *steps, devices=2)
   assert single.returncode == 0, single.stderr[-3000:]
 
   port = free_port()
   procs = [start(tmp_path / "two", *steps,
                  f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                  "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-                 devices=2) for i in range(2)]
+                 devices=1) for i in range(2)]
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -111,7 +125,7 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
   # One process with 8 devices, on a (data=2, fsdp=2, tensor=2) mesh, resumes from it.
-  resumed = run_train(tmp_path / "two", "--config.num_train_steps=6", "--config.mesh.data=2",
+  resumed = train(tmp_path / "two", "--config.num_train_steps=6", "--config.mesh.data=2",
                       "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r"resumed from .*/checkpoints/4", resumed.stdout), resumed.stdout
