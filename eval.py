@@ -101,14 +101,9 @@ def configure(config, f):
 
 def main(argv):
   del argv
-  from absl import logging  # noqa: E402  pylint: disable=import-outside-toplevel
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   # pylint: disable=import-outside-toplevel
-  from coca_jax.data.pipeline import hide_accelerators_from_tensorflow  # noqa: E402
-  from coca_jax.parallel.platforms import skip_absent_tpu  # noqa: E402
-  skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
-  hide_accelerators_from_tensorflow()
+  from coca_jax.parallel.platforms import start_command  # noqa: E402
+  start_command()
   from coca_jax.evals import evaluate  # noqa: E402
   # pylint: enable=import-outside-toplevel
   f = flags.FLAGS

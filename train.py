@@ -17,13 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from absl import logging  # noqa: E402
-  if not flags.FLAGS["verbosity"].present:  # progress lines only; --verbosity=0 for logs
-    logging.set_verbosity(logging.WARNING)
-  from coca_jax.data.pipeline import hide_accelerators_from_tensorflow  # noqa: E402
-  from coca_jax.parallel.platforms import skip_absent_tpu  # noqa: E402
-  skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
-  hide_accelerators_from_tensorflow()
+  from coca_jax.parallel.platforms import start_command  # noqa: E402
+  start_command()  # progress lines only (--verbosity=0 for logs); no TPU probe without TPUs
   from coca_jax.train import train_and_evaluate  # noqa: E402
   train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 

@@ -78,13 +78,22 @@ def matmul_gflops(torch, jnp, jax, n=2048, runs=5):
   return best
 
 
-def worker(args):
-  if args.threads == "1":  # one CPU for both sides, whatever their thread pools do
+def pin_threads(threads):
+  """One CPU for this process when `threads` is "1" (before torch and jax start their pools);
+  torch then also runs one thread."""
+  if threads == "1":  # one CPU for both sides, whatever their thread pools do
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(1)
+
+
+def side_by_side(path, batch=0, model_overrides=""):
+  """The two training steps on the same weights, batch, losses and AdamW: a dict with
+  "jax_step" and "torch_step" (each runs one step and returns its loss as a float),
+  "compiled" (the jitted coca_jax step), "compile_s", "cfg" (the ModelConfig), "batch" and
+  "torch_model"."""
   import torch  # pylint: disable=g-import-not-at-top
   import open_clip  # pylint: disable=g-import-not-at-top
-  if args.threads == "1":
-    torch.set_num_threads(1)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -92,16 +101,14 @@ def worker(args):
   import common  # pylint: disable=g-import-not-at-top
   from train_step import make_train_step  # pylint: disable=g-import-not-at-top
   import coca_jax  # pylint: disable=g-import-not-at-top
-  from coca_jax.tools import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from coca_jax.convert.open_clip import convert_state_dict  # pylint: disable=g-import-not-at-top
 
-  path = args.configs
   config, _ = common.load_config(path)
   model_config = common.model_dict(config)
-  model_config.update(json.loads(args.model_overrides or "{}"))
+  model_config.update(json.loads(model_overrides or "{}"))
   model = coca_jax.create_model(model_config)
   cfg = model.cfg
-  batch = args.batch or DEFAULT_BATCHES.get(config_name(path), config.get("global_batch_size"))
+  batch = batch or DEFAULT_BATCHES.get(config_name(path), config.get("global_batch_size"))
   images, text = common.synthetic_batch(cfg, batch, seed=1)
 
   # The same weights on both sides.
@@ -144,6 +151,25 @@ def worker(args):
     loss.backward()
     optimizer.step()
     return loss.item()
+
+  return dict(jax_step=jax_step, torch_step=torch_step, compiled=compiled,
+              compile_s=compile_s, cfg=cfg, batch=batch, torch_model=torch_model)
+
+
+def worker(args):
+  pin_threads(args.threads)
+  import torch  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, HERE)
+  import common  # pylint: disable=g-import-not-at-top
+  from coca_jax.tools import flops as flops_lib  # pylint: disable=g-import-not-at-top
+
+  path = args.configs
+  pair = side_by_side(path, args.batch, args.model_overrides)
+  jax_step, torch_step, cfg, batch = (pair[k] for k in ("jax_step", "torch_step", "cfg",
+                                                        "batch"))
+  compile_s = pair["compile_s"]
 
   # First losses: same weights and data, so they must agree (a check that both sides do the
   # same computation).

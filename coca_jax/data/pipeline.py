@@ -15,7 +15,6 @@ A record that fails at read time is replaced deterministically (training) or mas
 (evaluation) and counted; `stats()` reports the counts and the time spent waiting for input.
 """
 import dataclasses
-import importlib.metadata
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ from coca_jax.data import mixture, preprocess, records, streams
 from coca_jax.data.config import resolve
 from coca_jax.data.sources import Source, open_source
 from coca_jax.data.spec import DatasetSpec, caption_weighted, parse_specs
+from coca_jax.parallel.platforms import hide_accelerators_from_tensorflow
 
 STATE_VERSION = 1
 MAX_REPLACEMENTS = 100
@@ -226,21 +226,6 @@ class StreamingIterator(DataIterator):
           "position per process; resume with the same process count, or convert the data to "
           "TFDS (stream=False), whose index-based order resumes exactly with any count.")
     self._it.set_state(state["stream"])
-
-
-def hide_accelerators_from_tensorflow():
-  """TensorFlow (under TFDS) must leave GPUs to JAX. The project pins tensorflow-cpu, which sees
-  none; only a full `tensorflow` install is told. (Not done at import: once TensorFlow's runtime
-  is up, importing triton, as open_clip's torch does, crashes the process.)"""
-  try:
-    importlib.metadata.version("tensorflow")
-  except importlib.metadata.PackageNotFoundError:
-    return
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # devices already initialised
-    pass
 
 
 def _check_layout(global_batch_size: int, process_index: int, process_count: int):

@@ -232,15 +232,8 @@ def main(argv):
   dataset's caption feature. Logs warnings only, unless --verbosity is given.
   """
   del argv
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  # pylint: disable=import-outside-toplevel
-  from coca_jax.data.pipeline import hide_accelerators_from_tensorflow
-  from coca_jax.parallel.platforms import skip_absent_tpu
-  # pylint: enable=import-outside-toplevel
-  skip_absent_tpu()  # no libtpu start-up errors on machines without TPU chips
-  hide_accelerators_from_tensorflow()
+  from coca_jax.parallel.platforms import start_command  # pylint: disable=import-outside-toplevel
+  start_command()
   f = flags.FLAGS
   from coca_jax.train import config as train_config  # pylint: disable=import-outside-toplevel
   # Without --config: the workdir's own config, or the settings saved with an export.

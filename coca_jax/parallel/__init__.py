@@ -3,5 +3,6 @@
   sharding.py      the `(data, fsdp, tensor)` mesh, logical-name rules and their shardings,
                    global batches from per-process ones, arrays back to the host
   distributed.py   `jax.distributed` start-up from the config, process-0 printing, barriers
-  platforms.py     which JAX platforms a command starts (no TPU probe without TPU chips)
+  platforms.py     how a command starts: its JAX platforms (no TPU probe without TPU chips),
+                   TensorFlow off the GPUs, WARNING logs unless --verbosity
 """

@@ -1,4 +1,5 @@
-"""Which JAX platforms a command starts: no TPU probe on a machine without TPU chips.
+"""How a command starts: which JAX platforms (no TPU probe on a machine without TPU chips),
+TensorFlow kept off the GPUs, progress lines without INFO logs (`start_command`).
 
 With the `tpu` extra (libtpu, used here as an ahead-of-time compiler) installed on a machine
 that has no TPU, JAX's start-up probe of the TPU backend prints libtpu errors ("could not
@@ -7,6 +8,7 @@ about. `skip_absent_tpu()` leaves the TPU out when the machine has no TPU device
 explicit JAX_PLATFORMS is always respected.
 """
 import glob
+import importlib.metadata
 import importlib.util
 import os
 
@@ -39,3 +41,30 @@ def skip_absent_tpu() -> None:
     return
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_platforms", platforms_without_tpu())
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow (under TFDS) must leave GPUs to JAX. The project pins tensorflow-cpu, which sees
+  none; only a full `tensorflow` install is told. (Not done at import: once TensorFlow's runtime
+  is up, importing triton, as open_clip's torch does, crashes the process.)"""
+  try:
+    importlib.metadata.version("tensorflow")
+  except importlib.metadata.PackageNotFoundError:
+    return
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # devices already initialised
+    pass
+
+
+def start_command() -> None:
+  """The start of train.py, eval.py and `python -m coca_jax.inference.batch`, after absl has
+  parsed the flags: WARNING logs only unless --verbosity is given (the progress lines stay),
+  no libtpu start-up errors on a machine without TPU chips (`skip_absent_tpu`), GPUs left to
+  JAX (`hide_accelerators_from_tensorflow`)."""
+  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  skip_absent_tpu()
+  hide_accelerators_from_tensorflow()
