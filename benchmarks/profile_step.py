@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -90,6 +91,29 @@ def xla_category(instruction, computations, vocab_size):
   return "other elementwise"
 
 
+def _exclusive_ms(intervals):
+  """{name: ms} for (start_us, end_us, name) intervals that may overlap (XLA runs independent
+  operations concurrently): each stretch of time is shared equally by the operations running
+  in it, so the shares add up to the busy wall time, not more."""
+  bounds = sorted({t for start, end, _ in intervals for t in (start, end)})
+  index = {t: i for i, t in enumerate(bounds)}
+  starts, ends = collections.defaultdict(list), collections.defaultdict(list)
+  for start, end, name in intervals:
+    starts[index[start]].append(name)
+    ends[index[end]].append(name)
+  active, shares = collections.Counter(), collections.Counter()
+  for i, t in enumerate(bounds[:-1]):
+    for name in ends[i]:
+      active[name] -= 1
+    for name in starts[i]:
+      active[name] += 1
+    running = [(name, n) for name, n in active.items() if n > 0]
+    count = sum(n for _, n in running)
+    for name, n in running:
+      shares[name] += (bounds[i + 1] - t) / 1e3 * n / count
+  return shares
+
+
 def profile_xla(pair, steps, trace_dir):
   """{category: ms per step} and {hlo op: ms per step} over `steps` profiled steps."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -97,23 +121,31 @@ def profile_xla(pair, steps, trace_dir):
   instructions, computations = parse_hlo(compiled.as_text())
   pair["jax_step"]()
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    t0 = time.perf_counter()
     for _ in range(steps):
       pair["jax_step"]()
+    wall_ms = (time.perf_counter() - t0) / steps * 1e3
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"),
                           recursive=True))[-1]
   with gzip.open(path) as f:
     events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
-  per_op = collections.Counter()
-  for event in events:
-    args = event.get("args") or {}
-    if event.get("ph") == "X" and "hlo_op" in args:
-      per_op[args["hlo_op"]] += event.get("dur", 0) / 1e3 / steps
+  ops = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)), e["args"]["hlo_op"])
+         for e in events if e.get("ph") == "X" and "hlo_op" in (e.get("args") or {})]
+  if os.environ.get("PROFILE_STEP_DEBUG"):
+    span = (max(e for _, e, _ in ops) - min(s for s, _, _ in ops)) / 1e3 / steps
+    print(f"profiled wall {wall_ms:.0f} ms/step; op span {span:.0f} ms/step; "
+          f"{len(ops) / steps:.0f} ops/step; threads {len({e.get('tid') for e in events})}")
+  per_op = collections.Counter({op: ms / steps for op, ms in _exclusive_ms(ops).items()})
   per_category = collections.Counter()
   vocab = pair["cfg"].text.vocab_size
   for op, ms in per_op.items():
     instruction = instructions.get(op, (op.split(".")[0], None, "", ""))
-    per_category[xla_category(instruction, computations, vocab)] += ms
+    category = xla_category(instruction, computations, vocab)
+    per_category[category] += ms
+    if os.environ.get("PROFILE_STEP_DEBUG") and ms > 5:
+      print(f"{ms:8.1f} {category:22s} {op:35s} {instruction[0]:10s} "
+            f"{sorted(computations.get(instruction[1], ()))} {instruction[2][-150:]}")
   return per_category, per_op
 
 
