@@ -116,3 +116,48 @@ def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
                   "xla_cpu_max_isa": "AVX2"}
   monkeypatch.delenv("XLA_FLAGS")
   assert "xla_cpu_max_isa" not in common.cpu_info(str(tmp_path / "absent"))
+
+
+def _profile_step_module():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("profile_step",
+                                                ROOT / "benchmarks" / "profile_step.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_profile_shares_overlapping_time_and_names_categories():
+  """Ops that run at the same time share it (the shares add up to the busy wall time, never
+  more); HLO and aten ops land in the category a reader expects."""
+  profile = _profile_step_module()
+  shares = profile._exclusive_ms([(0, 4000, "a"), (2000, 6000, "b"), (8000, 9000, "c")])  # pylint: disable=protected-access
+  assert shares == {"a": 3.0, "b": 3.0, "c": 1.0}
+  hlo = """
+%fused_gelu (p: f32[8,64]) -> f32[8,64] {
+  %p = f32[8,64]{1,0} parameter(0)
+  ROOT %e = f32[8,64]{1,0} erf(%p)
+}
+%fused_dot (p: f32[8,32], q: f32[32,64]) -> f32[8,64] {
+  %p = f32[8,32]{1,0} parameter(0)
+  %q = f32[32,64]{1,0} parameter(1)
+  ROOT %d = f32[8,64]{1,0} dot(%p, %q), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+ENTRY %main (a: f32[8,32], w: f32[32,64], v: f32[64,8192]) -> f32[8,64] {
+  %f1 = f32[8,64]{1,0} fusion(%a, %w), kind=kCustom, calls=%fused_dot, metadata={op_name="jit(step)/CoCa.encode_image/visual/mlp/fc1/dot_general"}
+  %f2 = f32[8,64]{1,0} fusion(%f1), kind=kLoop, calls=%fused_gelu, metadata={op_name="jit(step)/CoCa.encode_image/visual/mlp/erfc"}
+  %t = f32[64,8]{1,0} transpose(%f2), dimensions={1,0}
+  ROOT %v = f32[8,8192]{1,0} dot(%f2, %v), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+"""
+  instructions, computations = profile.parse_hlo(hlo)
+  categories = {name: profile.xla_category(instructions[name], computations, 8192)
+                for name in ("f1", "f2", "t", "v")}
+  assert categories == {"f1": "matmul", "f2": "GELU", "t": "copies / transposes",
+                        "v": "vocabulary projection"}
+  assert profile.torch_category("aten::addmm", [[32, 256], [256, 1024]], 8192) == "matmul"
+  assert profile.torch_category("aten::mm", [[1024, 256], [256, 8192]], 8192) == (
+      "vocabulary projection")
+  assert profile.torch_category("aten::native_layer_norm", [], 8192) == "layer norm"
+  assert profile.torch_category("aten::t", [], 8192) == "copies / transposes"
+  assert profile.torch_category("aten::add_", [], 8192) == "other elementwise"
