@@ -74,7 +74,7 @@ def xla_category(instruction, computations, vocab_size):
   vocab = re.search(rf"\b{vocab_size}\b", shape) is not None
   if "adam" in name or "optax" in name or "apply_updates" in name:
     return "optimizer update"
-  if ops & {"dot", "convolution"} or "ynn_fusion" in opcode:
+  if ops & {"dot", "convolution"}:
     return "vocabulary projection" if vocab else "matmul"
   if vocab or "log_softmax" in name or "caption_loss" in name:
     return "vocabulary projection"

@@ -24,17 +24,19 @@ def losses(stdout):
   return {int(s): float(v) for s, v in LOSS.findall(stdout)}
 
 
+def _at_constant_lr(overrides, kwargs):
+  """The micro config's runs (no other `config` given) at the constant learning rate."""
+  return overrides if "config" in kwargs else (CONSTANT_LR, *overrides)
+
+
 def train(workdir, *overrides, **kwargs):
-  """train.py run to its end, at the constant learning rate."""
-  return run_train(workdir, CONSTANT_LR, *overrides, **kwargs)
+  """train.py run to its end."""
+  return run_train(workdir, *_at_constant_lr(overrides, kwargs), **kwargs)
 
 
 def start(workdir, *overrides, devices=1, **kwargs):
-  """train.py started in the background, at the constant learning rate (for the micro
-  config) and with its output piped."""
-  if "config" not in kwargs:
-    overrides = (CONSTANT_LR,) + overrides
-  return subprocess.Popen(train_command(workdir, *overrides, **kwargs),
+  """train.py started in the background, its output piped."""
+  return subprocess.Popen(train_command(workdir, *_at_constant_lr(overrides, kwargs), **kwargs),
                           env=subprocess_env(devices),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
@@ -126,7 +128,7 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
 
   # One process with 8 devices, on a (data=2, fsdp=2, tensor=2) mesh, resumes from it.
   resumed = train(tmp_path / "two", "--config.num_train_steps=6", "--config.mesh.data=2",
-                      "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
+                  "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r"resumed from .*/checkpoints/4", resumed.stdout), resumed.stdout
   assert sorted(losses(resumed.stdout)) == [5, 6]
@@ -139,7 +141,7 @@ def test_two_processes_cache_the_same_probe_features_as_one(tmp_path):
           "--config.log_every_steps=1", "--config.data.train.split=train[:90]",
           "--config.data.eval.split=validation[:32]", "--config.evals.batch_size=16",
           "--config.checkpoint.async_save=False"]
-  single = run_train(tmp_path / "one", *args, devices=2, **probe)
+  single = train(tmp_path / "one", *args, devices=2, **probe)
   assert single.returncode == 0, single.stderr[-3000:]
   port = free_port()
   procs = [start(tmp_path / "two", *args,

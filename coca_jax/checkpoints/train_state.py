@@ -46,8 +46,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iter
   An unreadable checkpoint (truncated file, missing piece) is reported and the previous one is
   tried; once an older one restores, the unreadable newer ones are moved aside to
   CHECKPOINTS/<step>.unreadable (kept for inspection, and so that the resumed run can write
-  those steps again). Returns (state, step), or (None, None) when
-  there is nothing to resume.
+  those steps again). Returns (state, step), or (None, None) when there is nothing to resume.
   """
   # pylint: disable-next=g-import-not-at-top
   from coca_jax.checkpoints.data_iterator import IteratorRestore
