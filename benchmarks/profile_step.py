@@ -154,7 +154,7 @@ def profile_xla(pair, steps, trace_dir):
     instruction = instructions.get(op, (op.split(".")[0], None, "", ""))
     category = xla_category(instruction, computations, vocab)
     per_category[category] += ms
-    if os.environ.get("PROFILE_STEP_DEBUG") and ms > 5:
+    if os.environ.get("PROFILE_STEP_DEBUG") and ms > float(os.environ["PROFILE_STEP_DEBUG"]):
       print(f"{ms:8.1f} {category:22s} {op:35s} {instruction[0]:10s} "
             f"{sorted(computations.get(instruction[1], ()))} {instruction[2][-150:]}")
   return per_category, per_op, untraced_ms

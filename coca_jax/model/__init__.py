@@ -9,7 +9,9 @@
   pooler.py          attentional poolers: cascade, parallel (paper) or single (open_clip)
   blocks.py          pre-LayerNorm layers, and the stack that runs them scanned or unrolled
   attention.py       multi-head attention, with the decoding caches
-  mlp.py             the transformer MLP
+  mlp.py             the transformer MLP and its exact GELU (closed-form gradient)
+  linear.py          products with a weight (x . W), whose weight gradient XLA:CPU runs fast
+  layer_norm.py      layer normalisation with its closed-form gradient (flax's params)
   partitioning.py    logical axis names of params and activations
   layer_stacking.py  params converted between scanned and unrolled layers
   classifier.py      an image classifier on the image encoder (probes, fine-tuning)

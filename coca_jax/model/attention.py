@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from coca_jax.model import partitioning as P
+from coca_jax.model.linear import linear
 
 
 class HeadsProjection(nn.Module):
@@ -25,7 +26,7 @@ class HeadsProjection(nn.Module):
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     kernel = self.param("kernel", P.param_init(init, ("embed", "heads", "kv")),
                         (x.shape[-1], self.num_heads, self.head_dim), jnp.float32)
-    y = jnp.einsum("...d,dhk->...hk", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = linear(x.astype(self.dtype), kernel.astype(self.dtype))  # "...d,dhk->...hk"
     if self.use_bias:
       bias = self.param("bias", P.param_init(nn.initializers.zeros, ("heads", "kv")),
                         (self.num_heads, self.head_dim), jnp.float32)
@@ -45,7 +46,7 @@ class OutputProjection(nn.Module):
                         x.shape[-2:] + (self.width,), jnp.float32)
     bias = self.param("bias", P.param_init(nn.initializers.zeros, ("embed",)), (self.width,),
                       jnp.float32)
-    y = jnp.einsum("...hk,hkd->...d", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = linear(x.astype(self.dtype), kernel.astype(self.dtype), 2)  # "...hk,hkd->...d"
     return y + bias.astype(self.dtype)
 
 

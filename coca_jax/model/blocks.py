@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from coca_jax.model import partitioning as P
 from coca_jax.model.attention import MultiHeadAttention
 from coca_jax.model.config import ModelConfig
+from coca_jax.model.layer_norm import LayerNorm
 from coca_jax.model.mlp import Mlp
 
 REMAT_POLICIES = {
@@ -31,10 +32,7 @@ def compute_dtype(cfg: ModelConfig):
 def layer_norm(cfg: ModelConfig, name: str):
   """A LayerNorm submodule `name`: epsilon `cfg.layer_norm_eps` (open_clip: 1e-5), float32
   scale and bias, output in the compute dtype."""
-  return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
-      scale_init=P.param_init(nn.initializers.ones, ("norm",)),
-      bias_init=P.param_init(nn.initializers.zeros, ("norm",)), name=name)
+  return LayerNorm(epsilon=cfg.layer_norm_eps, dtype=compute_dtype(cfg), name=name)
 
 
 class SelfAttentionBlock(nn.Module):

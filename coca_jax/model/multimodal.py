@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from coca_jax.model import partitioning as P
 from coca_jax.model.blocks import MultimodalLayer, compute_dtype, layer_norm, run_layers
 from coca_jax.model.config import ModelConfig
+from coca_jax.model.linear import linear
 
 
 class MultimodalDecoder(nn.Module):
@@ -41,13 +42,12 @@ class MultimodalDecoder(nn.Module):
                             (causal, context), cache=cache, index=index, **layer_kwargs)
     x = layer_norm(cfg, "ln_final")(x)
     if self.tied_embedding is not None:
-      logits = self.tied_embedding.attend(x)
       proj = self.tied_embedding.embedding.T
     else:
       proj = self.param("proj", P.param_init(nn.initializers.normal(cfg.text.width ** -0.5),
                                              ("embed", "vocab")),
                         (cfg.text.width, cfg.text.vocab_size), jnp.float32)
-      logits = x @ proj.astype(dtype)
+    logits = linear(x, proj.astype(dtype))
     if return_states:
       return logits.astype(jnp.float32), x, proj.astype(dtype)
     logits = P.constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))

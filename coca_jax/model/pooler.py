@@ -13,6 +13,7 @@ from coca_jax.model import partitioning as P
 from coca_jax.model.attention import MultiHeadAttention
 from coca_jax.model.blocks import compute_dtype, layer_norm
 from coca_jax.model.config import ModelConfig
+from coca_jax.model.linear import linear
 
 
 class AttentionalPooler(nn.Module):
@@ -55,5 +56,5 @@ class ImagePooling(nn.Module):
     proj = self.param("proj", P.param_init(nn.initializers.normal(cfg.embed_dim ** -0.5),
                                            ("embed", "proj")),
                       (cfg.embed_dim, cfg.embed_dim), jnp.float32)
-    embedding = pooled @ proj.astype(pooled.dtype)
+    embedding = linear(pooled, proj.astype(pooled.dtype))
     return embedding, P.constrain(tokens, ("act_batch", "act_len", "act_embed"))

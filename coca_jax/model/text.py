@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from coca_jax.model import partitioning as P
 from coca_jax.model.blocks import EncoderLayer, compute_dtype, layer_norm, run_layers
 from coca_jax.model.config import ModelConfig, TextConfig
+from coca_jax.model.linear import linear
 
 
 def valid_text_positions(text, t: TextConfig):
@@ -89,4 +90,4 @@ class UnimodalTextDecoder(nn.Module):
     proj = self.param("proj", P.param_init(nn.initializers.normal(t.width ** -0.5),
                                            ("embed", "proj")),
                       (t.width, cfg.embed_dim), jnp.float32)
-    return pooled @ proj.astype(dtype), x[:, :-1]
+    return linear(pooled, proj.astype(dtype)), x[:, :-1]

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from coca_jax.model.linear import linear
+
 
 def contrastive_loss(image_embed, text_embed, logit_scale):
   """The contrastive loss of CoCa (paper section 3.1; open_clip's ClipLoss): the mean of the
@@ -101,7 +103,7 @@ def chunked_caption_loss_sum(state_chunks, proj, labels, pad_id: int, example_we
 
   @jax.checkpoint
   def chunk_loss(states, chunk_labels, chunk_weights):
-    return (token_cross_entropy(states @ proj, chunk_labels) * chunk_weights).sum()
+    return (token_cross_entropy(linear(states, proj), chunk_labels) * chunk_weights).sum()
 
   def body(total, xs):
     return total + chunk_loss(*xs), None
