@@ -161,3 +161,20 @@ ENTRY %main (a: f32[8,32], w: f32[32,64], v: f32[64,8192]) -> f32[8,64] {
   assert profile.torch_category("aten::native_layer_norm", [], 8192) == "layer norm"
   assert profile.torch_category("aten::t", [], 8192) == "copies / transposes"
   assert profile.torch_category("aten::add_", [], 8192) == "other elementwise"
+
+
+def test_before_after_times_a_revision_beside_the_work_tree():
+  """HEAD against the work tree: two compiled steps in one process; the same model must start
+  from the same loss (the exported package is really imported, under its own name)."""
+  if not (ROOT / ".git").exists():
+    pytest.skip("needs the git history")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "benchmarks/before_after.py", "--before=HEAD", f"--config={MICRO_TRAIN}",
+       "--batch=2", "--steps=2", "--threads=all"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = json.loads(result.stdout.strip().splitlines()[-1])
+  assert line["benchmark"] == "train_step_before_after" and line["before_ms"] > 0
+  assert abs(line["first_loss"]["before"] - line["first_loss"]["after"]) < 1e-3
+  assert "cpu_vector_extensions" in line
