@@ -55,14 +55,13 @@ def _normalized(x, epsilon):
   return centred * rstd, rstd
 
 
-def _forward(epsilon, x, scale, bias):
-  x_hat, _ = _normalized(x, epsilon)
-  return x_hat * scale + bias
-
-
 def _forward_with_residuals(epsilon, x, scale, bias):
   x_hat, rstd = _normalized(x, epsilon)
   return x_hat * scale + bias, (x, scale, rstd)
+
+
+def _forward(epsilon, x, scale, bias):
+  return _forward_with_residuals(epsilon, x, scale, bias)[0]
 
 
 def _backward(epsilon, residuals, g):
