@@ -92,3 +92,15 @@ def test_caption_finetune_variants_set_what_they_name():
     assert config == want, variant
   with pytest.raises(ValueError, match="embedding_path"):
     load_config_arg("caption_finetune", "distil")
+
+
+def test_tiny_describe_variant_changes_two_fields():
+  """configs/tiny.py:describe: the sine-cosine position start and the class-name half's
+  caption weight, nothing else."""
+  plain = load_config_arg("tiny", None).to_dict()
+  describe = load_config_arg("tiny", "describe").to_dict()
+  assert describe["model"]["vision"].pop("pos_embedding_init") == "sincos2d"
+  assert describe["data"]["train"]["class_names"].pop("caption_weight") == 0.1
+  assert describe == plain
+  with pytest.raises(ValueError, match="describe"):
+    load_config_arg("tiny", "describes")

@@ -233,7 +233,51 @@ def test_bad_inputs_get_clear_errors(paper, images, text, message):
     (dict(text__pad_id=64), "text.pad_id"),
     (dict(remat_policy="sometimes"), "remat_policy"),
     (dict(vision__depthh=2), "vision.depthh"),
+    (dict(vision__pos_embedding_init="sincos"), "vision.pos_embedding_init"),
+    (dict(vision__pos_embedding_init="sincos2d", vision__width=30, vision__num_heads=2),
+     "vision.width"),
 ])
 def test_bad_configs_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     coca_jax.create_model(config(**overrides))
+
+
+def test_sincos2d_table_is_a_function_of_column_then_row():
+  """MAE's table, row-major as the patch tokens: the first half depends on the column only,
+  the second on the row only, with sin/cos of the same angle in each half; patches closer in
+  one coordinate are closer in that half (the lowest frequency)."""
+  from coca_jax.model.vit import sincos2d_table
+  grid, width = 4, 16
+  table = sincos2d_table(grid, width).reshape(grid, grid, width)  # (row, col, width)
+  x_half, y_half = table[..., :width // 2], table[..., width // 2:]
+  np.testing.assert_allclose(x_half, np.broadcast_to(x_half[:1], x_half.shape))
+  np.testing.assert_allclose(y_half, np.broadcast_to(y_half[:, :1], y_half.shape))
+  np.testing.assert_allclose(x_half[0, :, :width // 4], np.sin(np.arange(grid)[:, None] *
+                             10000.0 ** (-np.arange(width // 4) / (width // 4))), rtol=1e-6)
+  np.testing.assert_allclose(x_half[..., :width // 4] ** 2 + x_half[..., width // 4:] ** 2, 1.0,
+                             rtol=1e-6)
+  slow = table[..., width // 4 - 1]  # sin of the lowest frequency: increasing along a row
+  assert np.all(np.diff(slow[0]) > 0)
+  with_cls = sincos2d_table(grid, width, class_token=True)
+  assert with_cls.shape == (grid * grid + 1, width) and not with_cls[0].any()
+  with pytest.raises(ValueError, match="divisible by 4"):
+    sincos2d_table(grid, 18)
+
+
+@pytest.mark.parametrize("base", [MICRO, MICRO_OPEN_CLIP])
+def test_sincos2d_init_starts_the_learned_position_embedding_at_the_table(base):
+  """The embedding stays a trained parameter of the same name and shape (open_clip's weights
+  load either way); only its starting value changes."""
+  from coca_jax.model.vit import sincos2d_table
+  images, text = make_images(1), make_text([3])
+  shapes = {}
+  for init in ("normal", "sincos2d"):
+    model = coca_jax.create_model(config(base, vision__pos_embedding_init=init))
+    params = model.init(jax.random.key(0), images, text)["params"]
+    shapes[init] = jax.tree.map(jnp.shape, params)
+    pos = nn.unbox(params["visual"]["pos_embedding"])
+  v = base["vision"]
+  want = sincos2d_table(v["image_size"] // v["patch_size"], v["width"],
+                        v.get("class_token", False))
+  np.testing.assert_array_equal(np.asarray(pos), want)
+  assert shapes["normal"] == shapes["sincos2d"]

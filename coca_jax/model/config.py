@@ -12,6 +12,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+POS_EMBEDDING_INITS = ("normal", "sincos2d")
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   """The ViT image encoder. Defaults: ViT-B/16 at 224 px, CoCa-Base's encoder size (paper
@@ -25,6 +28,10 @@ class VisionConfig:
   class_token: bool = False  # open_clip: True (a CLIP-style ViT)
   pre_norm: bool = False  # open_clip: True (ln_pre before the blocks)
   patch_bias: bool = True  # open_clip: False (conv1 has no bias)
+  # The learned position embedding starts as "normal" (std width**-0.5, as open_clip) or as
+  # "sincos2d", the fixed 2-D sine-cosine table (MAE, big_vision), still trained: a position
+  # is then a smooth, linear function of row and column from the first step.
+  pos_embedding_init: str = "normal"
 
   @property
   def num_patches(self) -> int:
@@ -148,6 +155,10 @@ def validate(cfg: ModelConfig) -> None:
   v, p, t, d = cfg.vision, cfg.pooler, cfg.text, cfg.decoder
   _check(v.image_size % v.patch_size == 0, "vision.image_size",
          f"{v.image_size} is not a multiple of vision.patch_size {v.patch_size}")
+  _check(v.pos_embedding_init in POS_EMBEDDING_INITS, "vision.pos_embedding_init",
+         f"{v.pos_embedding_init!r} is not one of {POS_EMBEDDING_INITS}")
+  _check(v.pos_embedding_init != "sincos2d" or v.width % 4 == 0, "vision.width",
+         f"{v.width} is not a multiple of 4, which the sincos2d position table needs")
   _check(v.width % v.num_heads == 0, "vision.num_heads",
          f"{v.num_heads} heads do not divide vision.width {v.width}")
   _check(cfg.embed_dim % p.num_heads == 0, "pooler.num_heads",
