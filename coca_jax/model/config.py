@@ -29,8 +29,8 @@ class VisionConfig:
   pre_norm: bool = False  # open_clip: True (ln_pre before the blocks)
   patch_bias: bool = True  # open_clip: False (conv1 has no bias)
   # The learned position embedding starts as "normal" (std width**-0.5, as open_clip) or as
-  # "sincos2d", the fixed 2-D sine-cosine table (MAE, big_vision), still trained: a position
-  # is then a smooth, linear function of row and column from the first step.
+  # "sincos2d", the 2-D sine-cosine table (MAE, big_vision), then trained: half the width
+  # encodes the column, half the row, and neighbouring patches start out alike.
   pos_embedding_init: str = "normal"
 
   @property
