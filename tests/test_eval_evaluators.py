@@ -154,3 +154,26 @@ def test_prompt_embeddings_sharded_equal_unsharded():
   plain = zero_shot.encode_texts(model, params, tokens, batch_size=8)
   np.testing.assert_allclose(sharded, plain, atol=1e-5)
   assert sharded.shape == (13, 32)
+
+
+def test_repeated_text_encoding_and_gathers_compile_once():
+  """Evaluators encode texts for every caption batch and at every evaluation, and gather
+  results for every batch: after the first round, an equal model on the same mesh compiles
+  nothing (a fresh jit per call compiled again each time: most of the caption evaluation's
+  time on the main job)."""
+  from coca_jax.evals import common
+  model, params = _micro_model_and_params()
+  tok = tokenizers.load("embedded")
+  mesh = sharding.make_mesh({"data": -1})
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  for words in ("red", "green", "blue"):
+    if words == "green":
+      compiles.clear()  # the first round compiles; the later ones must not
+    tokens = tok.encode([f"a {words} circle {i}" for i in range(6)], 16)
+    again = create_model(micro_config().model) if words == "blue" else model  # equal model
+    zero_shot.encode_texts(again, params, tokens, batch_size=8, mesh=mesh)
+    common.gather({"x": jnp.ones((8, 3)) * len(words)}, mesh)
+  assert not compiles

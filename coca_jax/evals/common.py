@@ -1,5 +1,6 @@
 """What the evaluators share: batch sizes that fit the mesh, global arrays brought to every
 process, eval datasets named in configs, progress lines for long runs."""
+import functools
 import math
 import time
 from typing import Any, Dict, Optional
@@ -35,9 +36,16 @@ def replicated(mesh):
   return NamedSharding(mesh, PartitionSpec())
 
 
+@functools.lru_cache(maxsize=16)
+def _replicate(mesh):
+  """One jitted copy-to-every-device per mesh, so that its programs are compiled once per
+  input structure, not at every call."""
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))
+
+
 def gather(tree, mesh):
   """Global (sharded) arrays -> the same values as NumPy on every process."""
-  tree = jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  tree = _replicate(mesh)(tree)
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 

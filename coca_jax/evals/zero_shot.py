@@ -1,6 +1,7 @@
 """Zero-shot classification: class-prompt embeddings averaged over templates, then the
 nearest class by cosine similarity (CLIP's protocol); or, as an option, the class whose prompt
 the captioning decoder finds most likely for the image (generative zero-shot)."""
+import functools
 from typing import Dict, Optional, Sequence
 
 import jax
@@ -11,6 +12,15 @@ from coca_jax.parallel import sharding
 from coca_jax.evals import common
 
 GENERATIVE_TEMPLATE = "a photo of a {}."
+
+
+@functools.lru_cache(maxsize=16)
+def text_encoder(model, mesh=None):
+  """jitted (params, int32 (N, L) tokens) -> float32 (N, embed_dim) normalised embeddings,
+  replicated over `mesh` when one is given; one per (model, mesh), so that evaluators calling
+  it again (every caption batch, every evaluation) reuse its compiled programs."""
+  fn = lambda p, t: model.apply({"params": p}, t, method="encode_text")[0]  # noqa: E731
+  return jax.jit(fn) if mesh is None else jax.jit(fn, out_shardings=common.replicated(mesh))
 
 
 def encode_texts(model, params, tokens: np.ndarray, batch_size: int = 256, mesh=None,
@@ -29,13 +39,8 @@ def encode_texts(model, params, tokens: np.ndarray, batch_size: int = 256, mesh=
   Returns:
     float32 (N, embed_dim) L2-normalised embeddings; (0, 0) when N is 0.
   """
-  if mesh is None:
-    encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text")[0])
-    batch = batch_size
-  else:
-    encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text")[0],
-                     out_shardings=common.replicated(mesh))
-    batch = common.fit_batch(batch_size, mesh, len(tokens))
+  encode = text_encoder(model, mesh)
+  batch = batch_size if mesh is None else common.fit_batch(batch_size, mesh, len(tokens))
   embeds = []
   for i in range(0, len(tokens), batch):
     chunk = tokens[i:i + batch]
