@@ -1,5 +1,6 @@
 """Training in-process: config refusals, the sharded step, gradient accumulation, the paper's
 Adafactor, weight-decay mask, non-finite handling, checkpoint fallback, params-only init."""
+import dataclasses
 import json
 import subprocess
 
@@ -17,6 +18,7 @@ from coca_jax import checkpoints, data
 from coca_jax.model import adapt
 from coca_jax.parallel import sharding
 from coca_jax.train import config_checks, optim
+from coca_jax.train import program as program_lib
 from coca_jax.train import state as state_lib
 from coca_jax.train import step as ts
 from coca_jax.train import train_and_evaluate
@@ -164,6 +166,36 @@ def test_distillation_term_accumulates_exactly_and_vanishes_at_the_reference():
   step = ts.make_train_step(model, optax.sgd(0.1), lambda s: 0.1, pad_id=0, distill_weight=1.0)
   with pytest.raises(ValueError, match="reference"):
     jax.eval_shape(step, state_lib.TrainState.create(params, optax.sgd(0.1)), batch)
+
+
+def test_dataset_caption_weights_apply_from_their_step():
+  """loss.dataset_caption_weights_from: before its step every example weighs 1 in the caption
+  loss (the batch's caption_weight is ignored), from it on the datasets' weights count; the
+  step is the state's, so a resumed run switches at the same step."""
+  model = coca_jax.create_model(MICRO)
+  images, text = make_images(8), make_text([5, 12, 7, 9, 6, 10, 8, 11])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, text))["params"]
+  weights = jnp.asarray([1, 0, 1, 0, 1, 0, 1, 0], jnp.float32)
+  state = state_lib.TrainState.create(params, optax.sgd(0.1))
+  caption = {}
+  for from_step in (0, 3):
+    step = jax.jit(ts.make_train_step(model, optax.sgd(0.1), lambda s: 0.1, pad_id=0,
+                                      dataset_caption_weights_from_step=from_step))
+    for at in (2, 3):
+      for name, w in (("weighted", weights), ("ones", jnp.ones(8))):
+        batch = {"images": images, "text": text, "caption_weight": w}
+        metrics = step(dataclasses.replace(state, step=jnp.int32(at)), batch)[1]
+        caption[from_step, at, name] = float(metrics["loss/caption"])
+  assert abs(caption[0, 2, "weighted"] - caption[0, 2, "ones"]) > 1e-3  # the weights matter
+  assert caption[3, 2, "weighted"] == caption[0, 2, "ones"]  # before the step: all ones
+  assert caption[3, 3, "weighted"] == caption[0, 3, "weighted"]  # from it: the weights
+  config = micro_config()
+  config.loss.dataset_caption_weights_from = 0.3
+  config.num_train_steps = 10
+  assert program_lib.dataset_caption_weights_from_step(config) == 3
+  config.loss.dataset_caption_weights_from = 1.5
+  with pytest.raises(ValueError, match="dataset_caption_weights_from"):
+    program_lib.dataset_caption_weights_from_step(config)
 
 
 # --- item 3: the paper's Adafactor and the weight-decay mask --------------------------------

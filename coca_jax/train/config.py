@@ -30,7 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1
   # distill_weight: pulls the image and text embeddings toward those of the init_from params
   # (losses.embedding_distillation), e.g. to keep zero-shot through a caption fine-tune.
-  c.loss = dict(contrastive_weight=1.0, caption_weight=2.0, distill_weight=0.0)
+  # dataset_caption_weights_from: the fraction of num_train_steps from which the datasets'
+  # own caption weights (a spec's `caption_weight`) apply; before it every example weighs 1,
+  # e.g. class-name prompts train the captioner early on, then only real captions do.
+  c.loss = dict(contrastive_weight=1.0, caption_weight=2.0, distill_weight=0.0,
+                dataset_caption_weights_from=0.0)
   c.optimizer = dict(name="adamw", learning_rate=1e-3, warmup_fraction=0.02, warmup_steps=0,
                      decay="cosine", end_learning_rate=0.0, b1=0.9, b2=0.98, eps=1e-6,
                      weight_decay=0.1, grad_clip_norm=1.0)

@@ -53,6 +53,17 @@ def freeze_prefixes(config) -> Tuple[str, ...]:
   return tuple(prefixes)
 
 
+def dataset_caption_weights_from_step(config) -> int:
+  """The first step at which the datasets' caption weights apply:
+  round(config.loss.dataset_caption_weights_from * num_train_steps), 0 when unset. ValueError
+  when the fraction is outside [0, 1]."""
+  fraction = float(config.loss.get("dataset_caption_weights_from", 0.0) or 0.0)
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError("config.loss.dataset_caption_weights_from is a fraction of "
+                     f"num_train_steps in [0, 1], got {fraction}")
+  return round(fraction * config.num_train_steps)
+
+
 def distill_weight(config) -> float:
   """config.loss.distill_weight, 0.0 when unset."""
   return float(config.loss.get("distill_weight", 0.0) or 0.0)
@@ -98,6 +109,7 @@ def step_program(config, model, mesh, rules) -> StepProgram:
       model, tx, schedule, pad_id=cfg.text.pad_id,
       contrastive_weight=config.loss.contrastive_weight,
       caption_weight=config.loss.caption_weight, distill_weight=weight,
+      dataset_caption_weights_from_step=dataset_caption_weights_from_step(config),
       accum_steps=config.grad_accum_steps, seed=config.seed)
   jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, frozen_shardings,
                                           reference_shardings),

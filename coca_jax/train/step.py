@@ -153,11 +153,13 @@ def accumulated_grads(model, params, batch, rng, *, pad_id, weights, accum_steps
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, *,
                     pad_id: int, contrastive_weight: float = 1.0, caption_weight: float = 2.0,
                     distill_weight: float = 0.0, accum_steps: int = 1,
-                    seed: int = 0) -> Callable:
+                    seed: int = 0, dataset_caption_weights_from_step: int = 0) -> Callable:
   """train_step(state, batch[, frozen[, reference]]) -> (state, metrics); jit it with donated
   state (`frozen`, the params kept out of the state, and `reference`, the params the
   distillation term pulls the embeddings toward, are not donated). With `distill_weight` > 0
-  the step needs `reference` (ValueError otherwise) and its metrics add "loss/distill"."""
+  the step needs `reference` (ValueError otherwise) and its metrics add "loss/distill".
+  Before step `dataset_caption_weights_from_step`, a batch's "caption_weight" is replaced by
+  ones: the datasets' caption weights apply from that step on."""
   weights = (contrastive_weight, caption_weight, distill_weight)
 
   def train_step(state: TrainState, batch, frozen=None,
@@ -167,6 +169,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
     if not distill_weight:
       reference = None  # no term, no reference forward pass: the program of a plain step
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    if dataset_caption_weights_from_step and "caption_weight" in batch:
+      weights_apply = state.step >= dataset_caption_weights_from_step
+      batch = {**batch, "caption_weight": jnp.where(weights_apply, batch["caption_weight"], 1.0)}
     params = state.params
     if accum_steps > 1:
       parts, grads = accumulated_grads(model, params, batch, rng, pad_id=pad_id,
