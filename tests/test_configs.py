@@ -96,13 +96,15 @@ def test_caption_finetune_variants_set_what_they_name():
 
 def test_tiny_describe_variant_changes_two_fields():
   """configs/tiny.py:describe: the sine-cosine position start, the class-name half's caption
-  weight and the step it applies from, nothing else."""
+  weight and the step it applies from, the contrastive weight, nothing else."""
   plain = load_config_arg("tiny", None).to_dict()
   describe = load_config_arg("tiny", "describe").to_dict()
   assert describe["model"]["vision"].pop("pos_embedding_init") == "sincos2d"
   assert describe["data"]["train"]["class_names"].pop("caption_weight") == 0.0
   assert describe["loss"].pop("dataset_caption_weights_from") == 0.6
   plain["loss"].pop("dataset_caption_weights_from")
+  assert (plain["loss"].pop("contrastive_weight"), describe["loss"].pop("contrastive_weight")) == (
+      1.0, 2.0)
   assert describe == plain
   with pytest.raises(ValueError, match="describe"):
     load_config_arg("tiny", "describes")
