@@ -236,6 +236,10 @@ def test_bad_inputs_get_clear_errors(paper, images, text, message):
     (dict(vision__pos_embedding_init="sincos"), "vision.pos_embedding_init"),
     (dict(vision__pos_embedding_init="sincos2d", vision__width=30, vision__num_heads=2),
      "vision.width"),
+    (dict(pooler__pos_embedding_scale=-1.0), "pooler.pos_embedding_scale"),
+    (dict(pooler__pos_embedding_scale=float("nan")), "pooler.pos_embedding_scale"),
+    (dict(pooler__pos_embedding_scale=1.0, vision__width=30, vision__num_heads=2),
+     "vision.width"),
 ])
 def test_bad_configs_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
@@ -281,3 +285,42 @@ def test_sincos2d_init_starts_the_learned_position_embedding_at_the_table(base):
                         v.get("class_token", False))
   np.testing.assert_array_equal(np.asarray(pos), want)
   assert shapes["normal"] == shapes["sincos2d"]
+
+
+def test_pooler_positions_are_the_centred_table_with_a_zero_class_token_row():
+  from coca_jax.model.config import from_dict
+  from coca_jax.model.pooler import pooler_positions
+  from coca_jax.model.vit import sincos2d_table
+  for base in (MICRO, MICRO_OPEN_CLIP):
+    cfg = from_dict(config(base, pooler__pos_embedding_scale=3.0))
+    table = pooler_positions(cfg)
+    patches = table[1:] if cfg.vision.class_token else table
+    assert table.shape == (cfg.vision.num_patches + cfg.vision.class_token, cfg.vision.width)
+    np.testing.assert_allclose(patches.mean(axis=0), 0.0, atol=1e-6)
+    raw = sincos2d_table(cfg.vision.image_size // cfg.vision.patch_size, cfg.vision.width)
+    np.testing.assert_allclose(patches, 3.0 * (raw - raw.mean(axis=0)), rtol=1e-6, atol=1e-6)
+    if cfg.vision.class_token:
+      assert not table[0].any()
+
+
+@pytest.mark.parametrize("layout", ["cascade", "parallel", "single"])
+def test_pooler_positions_reach_the_captioner_only_where_documented(layout):
+  """Same params with and without the table (nothing to load or convert). With it, the
+  decoder's image tokens change; in the parallel layout the contrastive embedding, which reads
+  the encoder's tokens itself, does not; in the others it does (it reads the placed tokens)."""
+  base = MICRO_OPEN_CLIP if layout == "single" else config(MICRO, pooler__layout=layout)
+  images, text = make_images(2), make_text([5, 7])
+  outs, shapes = {}, {}
+  for scale in (0.0, 2.0):
+    model = coca_jax.create_model(config(base, pooler__pos_embedding_scale=scale))
+    if scale == 0.0:
+      params = model.init(jax.random.key(0), images, text)["params"]
+    shapes[scale] = jax.tree.map(jnp.shape, params)
+    outs[scale] = model.apply({"params": params}, images, method="encode_image")
+  assert shapes[0.0] == shapes[2.0]
+  (emb0, tok0), (emb2, tok2) = outs[0.0], outs[2.0]
+  assert not np.allclose(tok0, tok2, atol=1e-3)
+  if layout == "parallel":
+    np.testing.assert_allclose(emb0, emb2, atol=1e-6)
+  else:
+    assert not np.allclose(emb0, emb2, atol=1e-3)

@@ -46,6 +46,11 @@ class PoolerConfig:
   layout: str = "cascade"  # cascade | parallel (paper) | single (open_clip)
   num_queries: int = 256  # generative pooler queries (single layout: all queries, 0 = embedding)
   num_heads: int = 8
+  # Not in the paper or open_clip (0 = off): a fixed 2-D sine-cosine position table times this
+  # scale, added to the image tokens the generative pooler attends over (model/pooler.py:
+  # pooler_positions), so that the captioner can say where things are without a strong
+  # position signal inside the ViT, which slows the learning of what they are (configs/tiny.py).
+  pos_embedding_scale: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +169,10 @@ def validate(cfg: ModelConfig) -> None:
   _check(cfg.embed_dim % p.num_heads == 0, "pooler.num_heads",
          f"{p.num_heads} heads do not divide embed_dim {cfg.embed_dim}")
   _check(p.layout in POOLER_LAYOUTS, "pooler.layout", f"{p.layout!r} not in {POOLER_LAYOUTS}")
+  _check(math.isfinite(p.pos_embedding_scale) and p.pos_embedding_scale >= 0,
+         "pooler.pos_embedding_scale", f"{p.pos_embedding_scale} is not a finite number >= 0")
+  _check(not p.pos_embedding_scale or v.width % 4 == 0, "vision.width",
+         f"{v.width} is not a multiple of 4, which pooler.pos_embedding_scale's table needs")
   _check(p.num_queries >= (2 if p.layout == "single" else 1), "pooler.num_queries",
          f"{p.num_queries} is too few for the {p.layout} layout")
   _check(t.width % t.num_heads == 0, "text.num_heads",
