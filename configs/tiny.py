@@ -14,10 +14,11 @@ VARIANTS = ("", "describe")
 def get_config(variant=None):
   """variant "describe": captions that state size and place too (the README's trade-off). The
   class-name half trains the captioner for the first 60% of the run only (caption weight 0
-  from then on), so greedy decoding ends up taking the captions' long form; the vision
-  position embedding starts as the 2-D sine-cosine table, without which this model does not
-  learn where the shapes are within 2,000 steps; and the contrastive loss weighs 2, which
-  wins back part of the zero-shot accuracy the first two cost."""
+  from then on), so greedy decoding ends up taking the captions' long form; the generative
+  pooler reads the image tokens plus a fixed 2-D sine-cosine position table
+  (model.pooler.pos_embedding_scale; the parallel layout keeps it out of the contrastive
+  embedding), without which this model does not learn where the shapes are within 2,000 steps;
+  and the contrastive loss weighs 2, which wins back zero-shot accuracy."""
   variant = variant or ""
   if variant not in VARIANTS:
     raise ValueError(f"configs/tiny.py:{variant}: one of {VARIANTS[1:]} (or none)")
@@ -50,8 +51,10 @@ def get_config(variant=None):
   config.log_every_steps = 100
   config.eval_every_steps = 1000
   config.evals.batch_size = 250
+  config.evals.num_caption_examples = 1000  # the whole validation split
   if variant == "describe":
-    config.model.vision.pos_embedding_init = "sincos2d"
+    config.model.pooler.layout = "parallel"
+    config.model.pooler.pos_embedding_scale = 3.0
     config.data.train.class_names.caption_weight = 0.0
     config.loss.dataset_caption_weights_from = 0.6
     config.loss.contrastive_weight = 2.0

@@ -94,12 +94,14 @@ def test_caption_finetune_variants_set_what_they_name():
     load_config_arg("caption_finetune", "distil")
 
 
-def test_tiny_describe_variant_changes_two_fields():
-  """configs/tiny.py:describe: the sine-cosine position start, the class-name half's caption
-  weight and the step it applies from, the contrastive weight, nothing else."""
+def test_tiny_describe_variant_changes_only_its_fields():
+  """configs/tiny.py:describe: the pooler layout and its position table, the class-name half's
+  caption weight and the step it applies from, the contrastive weight, nothing else."""
   plain = load_config_arg("tiny", None).to_dict()
   describe = load_config_arg("tiny", "describe").to_dict()
-  assert describe["model"]["vision"].pop("pos_embedding_init") == "sincos2d"
+  assert describe["model"]["pooler"].pop("pos_embedding_scale") == 3.0
+  assert (plain["model"]["pooler"].pop("layout"), describe["model"]["pooler"].pop("layout")) == (
+      "cascade", "parallel")
   assert describe["data"]["train"]["class_names"].pop("caption_weight") == 0.0
   assert describe["loss"].pop("dataset_caption_weights_from") == 0.6
   plain["loss"].pop("dataset_caption_weights_from")
