@@ -5,4 +5,5 @@
   distributed.py   `jax.distributed` start-up from the config, process-0 printing, barriers
   platforms.py     how a command starts: its JAX platforms (no TPU probe without TPU chips),
                    TensorFlow off the GPUs, WARNING logs unless --verbosity
+  host_memory.py   huge pages for XLA:CPU's per-step buffers (a restart with a glibc tunable)
 """
