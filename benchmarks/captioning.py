@@ -7,7 +7,7 @@ exactly `max_len` tokens long (the end token is forbidden before the last positi
 sides do the same number of steps; beam search follows open_clip's rules (num_beam_groups=1,
 summed raw logits). Random weights:
 
-  * configs/tiny.py (the paper's layout) runs on coca_jax only: open_clip cannot build it. Its
+  * configs/tiny.py (parallel poolers) runs on coca_jax only: open_clip cannot build it. Its
     24-token text context cannot hold 30 tokens, so it runs with text.context_length=30 (only
     the position table grows);
   * "tiny_open_clip_layout" (tiny's sizes in open_clip's layout) and configs/openclip_b32.py

@@ -94,19 +94,21 @@ def test_caption_finetune_variants_set_what_they_name():
     load_config_arg("caption_finetune", "distil")
 
 
-def test_tiny_describe_variant_changes_only_its_fields():
-  """configs/tiny.py:describe: the pooler layout and its position table, the class-name half's
-  caption weight and the step it applies from, the contrastive weight, nothing else."""
-  plain = load_config_arg("tiny", None).to_dict()
-  describe = load_config_arg("tiny", "describe").to_dict()
-  assert describe["model"]["pooler"].pop("pos_embedding_scale") == 3.0
-  assert (plain["model"]["pooler"].pop("layout"), describe["model"]["pooler"].pop("layout")) == (
+def test_tiny_paper_variant_changes_only_its_fields():
+  """configs/tiny.py:paper differs from the default in the pooler layout and its position
+  table, the class-name half's caption weight and the step it applies from, the contrastive
+  weight and the number of steps, nothing else."""
+  default = load_config_arg("tiny", None).to_dict()
+  paper = load_config_arg("tiny", "paper").to_dict()
+  assert default["model"]["pooler"].pop("pos_embedding_scale") == 3.0
+  assert (paper["model"]["pooler"].pop("layout"), default["model"]["pooler"].pop("layout")) == (
       "cascade", "parallel")
-  assert describe["data"]["train"]["class_names"].pop("caption_weight") == 0.0
-  assert describe["loss"].pop("dataset_caption_weights_from") == 0.6
-  plain["loss"].pop("dataset_caption_weights_from")
-  assert (plain["loss"].pop("contrastive_weight"), describe["loss"].pop("contrastive_weight")) == (
+  assert default["data"]["train"]["class_names"].pop("caption_weight") == 0.0
+  assert default["loss"].pop("dataset_caption_weights_from") == 0.6
+  paper["loss"].pop("dataset_caption_weights_from")
+  assert (paper["loss"].pop("contrastive_weight"), default["loss"].pop("contrastive_weight")) == (
       1.0, 2.0)
-  assert describe == plain
-  with pytest.raises(ValueError, match="describe"):
-    load_config_arg("tiny", "describes")
+  assert paper.pop("num_train_steps") == 2000 < default.pop("num_train_steps")
+  assert default == paper
+  with pytest.raises(ValueError, match="paper"):
+    load_config_arg("tiny", "describe")

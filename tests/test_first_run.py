@@ -1,6 +1,7 @@
 """A first run explains itself: what starts and about how long, before the dataset is generated
 and before the step compiles; nothing the user cannot act on (libtpu's start-up errors on a
-machine without TPU chips, Orbax's missing-metadata warning) is shown."""
+machine without TPU chips, Orbax's missing-metadata warning, TFDS's warning that a dataset not
+yet generated has no dataset_info.json) is shown."""
 import logging
 import subprocess
 
@@ -9,7 +10,7 @@ from coca_jax.parallel import platforms
 from train_fixtures import ROOT, subprocess_env, train_command
 
 NOISE = ("could not determine TPU accelerator type", "unexpected worker hostname",
-         "Metadata file does not exist")
+         "Metadata file does not exist", "has no dataset_info.json")
 
 
 def test_first_run_lines_come_before_the_first_step(tmp_path):

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from coca_jax.parallel import host_memory
+from coca_jax.parallel import host_memory, platforms
 
 SUPPORTED = (sys.platform.startswith("linux")
              and (host_memory.glibc_version() or (0, 0)) >= host_memory.MIN_GLIBC
@@ -20,7 +20,7 @@ PROBE = textwrap.dedent("""
     import os, resource, sys
     with open(sys.argv[1], "a") as f:
       f.write(repr(sys.orig_argv[1:]) + "\\n")
-    from coca_jax.parallel import host_memory
+    from coca_jax.parallel import host_memory, platforms
     host_memory.restart_with_huge_pages()
     import jax, jax.numpy as jnp
     step = jax.jit(lambda a, b, c: (a @ b) @ c)
@@ -60,9 +60,9 @@ def test_environment_appends_the_tunable_once():
 
 
 def test_only_cpu_runs_restart():
-  assert host_memory.runs_on_cpu({"JAX_PLATFORMS": "cpu"})
-  assert not host_memory.runs_on_cpu({"JAX_PLATFORMS": "cuda"})
-  assert not host_memory.runs_on_cpu({"JAX_PLATFORMS": "tpu,cpu"})
+  assert platforms.runs_on_cpu({"JAX_PLATFORMS": "cpu"})
+  assert not platforms.runs_on_cpu({"JAX_PLATFORMS": "cuda"})
+  assert not platforms.runs_on_cpu({"JAX_PLATFORMS": "tpu,cpu"})
 
 
 def test_kernel_setting_is_read(tmp_path):

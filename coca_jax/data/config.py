@@ -14,6 +14,10 @@ DEFAULTS = dict(
     crop_scale=(0.9, 1.0),  # random resized crop: area fraction (open_clip's training default)
     crop_ratio=(3 / 4, 4 / 3),  # and aspect ratio range
     max_caption_chars=1000,
+    # Training keeps each record read from a random-access dataset in memory, and with
+    # crop="center" each picture's decoded, cropped pixels (image_size^2 x 3 bytes): for data
+    # that fit in memory and are read for many epochs (configs/tiny.py). Batches are unchanged.
+    cache_in_memory=False,
     num_threads=2,  # Grain reader threads in this process, each making whole batches
     prefetch=256,  # examples read ahead
     shuffle_window=256,  # streamed shards: records shuffled together

@@ -14,6 +14,7 @@ object: 24 classes), `scene` (12 integers, for scoring generated captions).
 """
 import dataclasses
 import io
+import logging
 from typing import Optional, Tuple
 
 import numpy as np
@@ -70,14 +71,27 @@ class CocaShapes(tfds.core.GeneratorBasedBuilder):
       yield index, example
 
 
+class _NotYetGenerated(logging.Filter):
+  """Drops TFDS's warning that a dataset folder has no dataset_info.json: true of every
+  dataset before its first generation, and nothing a user can act on."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
 def prepare(data_dir: Optional[str] = None, config: str = "default") -> tfds.core.DatasetBuilder:
   """The `coca_shapes` builder in `data_dir` (TFDS default when None), generated if missing."""
-  builder = CocaShapes(config=config, data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    sizes = ", ".join(f"{split} {n:,}" for split, n in builder.builder_config.sizes)
-    print(f"generating the embedded dataset coca_shapes/{config} ({sizes} images) into "
-          f"{builder.data_dir}: once, about {_SECONDS.get(config, 10)} s on 2 CPU cores",
-          flush=True)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  quiet = _NotYetGenerated()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    builder = CocaShapes(config=config, data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      sizes = ", ".join(f"{split} {n:,}" for split, n in builder.builder_config.sizes)
+      print(f"generating the embedded dataset coca_shapes/{config} ({sizes} images) into "
+            f"{builder.data_dir}: once, about {_SECONDS.get(config, 10)} s on 2 CPU cores",
+            flush=True)
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
   return builder

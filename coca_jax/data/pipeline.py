@@ -45,17 +45,23 @@ class ExampleMaker:
   crop_ratio: Sequence[float] = (3 / 4, 4 / 3)
   random_crop: bool = True
   max_caption_chars: int = 1000
+  # Encoded picture -> its cropped uint8 pixels, kept when the crop is not random (see
+  # `config.data.cache_in_memory`); None: decode every time.
+  pixel_cache: Optional[Dict] = dataclasses.field(default=None, compare=False, repr=False)
 
   @classmethod
   def from_config(cls, cfg, tokenizer, train: bool) -> "ExampleMaker":
     """From a resolved `config.data` (`config.resolve`): image size, text length, `mean` and
     `std` when set (else the named normalization), crop ranges, caption length. The crop is
-    random only when `train` and `crop` is "random_resized_crop"."""
+    random only when `train` and `crop` is "random_resized_crop"; a training maker with a
+    fixed crop and `cache_in_memory` keeps the pixels it makes."""
     mean, std = preprocess.mean_std(
         cfg["normalization"] if cfg["mean"] is None else {"mean": cfg["mean"], "std": cfg["std"]})
+    random_crop = train and cfg["crop"] == "random_resized_crop"
     return cls(cfg["image_size"], cfg["text_length"], tokenizer, mean, std,
-               tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]),
-               train and cfg["crop"] == "random_resized_crop", cfg["max_caption_chars"])
+               tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]), random_crop,
+               cfg["max_caption_chars"],
+               {} if train and cfg["cache_in_memory"] and not random_crop else None)
 
   def __call__(self, record: Dict, rng: Optional[np.random.Generator]) -> Dict:
     """rng None: evaluation (centre crop, first caption)."""
@@ -73,22 +79,55 @@ class ExampleMaker:
         error = e
     if caption is None:
       raise error
-    # Training may decode large JPEGs at reduced scale (fast); evaluation decodes in full, so
-    # that it matches open_clip's preprocessing exactly.
-    image = records.open_image(record["image"],
-                               min_size=self.image_size if rng is not None else None)
-    image = preprocess.preprocess_image(
-        image, self.image_size, rng if self.random_crop else None, scale=self.crop_scale,
-        ratio=self.crop_ratio)
-    return {"images": preprocess.normalize(image, self.mean, self.std),
+    return {"images": preprocess.normalize(self._pixels(record["image"], rng), self.mean,
+                                           self.std),
             "text": self.tokenizer.encode([caption], self.text_length)[0],
             "label": np.int32(record["label"]), "scene": np.asarray(record["scene"], np.int32)}
+
+  def _pixels(self, encoded, rng: Optional[np.random.Generator]) -> np.ndarray:
+    """uint8 (image_size, image_size, 3): the picture decoded and cropped."""
+    key = encoded if self.pixel_cache is not None and isinstance(encoded, bytes) else None
+    if key is not None and key in self.pixel_cache:
+      return self.pixel_cache[key]
+    # Training may decode large JPEGs at reduced scale (fast); evaluation decodes in full, so
+    # that it matches open_clip's preprocessing exactly.
+    image = records.open_image(encoded, min_size=self.image_size if rng is not None else None)
+    pixels = preprocess.preprocess_image(
+        image, self.image_size, rng if self.random_crop else None, scale=self.crop_scale,
+        ratio=self.crop_ratio)
+    if key is not None:
+      self.pixel_cache[key] = pixels
+    return pixels
 
   def blank(self) -> Dict:
     """A stand-in for a masked-out example: zero image, empty (but valid) text."""
     return {"images": np.zeros((self.image_size, self.image_size, 3), np.float32),
             "text": self.tokenizer.encode([""], self.text_length)[0], "label": np.int32(-1),
             "scene": streams.NO_SCENE}
+
+
+class RecordCache:
+  """A random-access source whose records, once read, are kept in memory (`__getitem__`); its
+  other attributes are the source's. Records are not modified after reading, so sharing them
+  is safe; concurrent first reads of one index at worst read it twice."""
+
+  def __init__(self, source: Source):
+    self.source, self._records = source, {}
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Dict:
+    index = int(index)
+    record = self._records.get(index)
+    if record is None:
+      record = self._records[index] = self.source[index]
+    return record
+
+  def __getattr__(self, name):  # only for names not set in __init__
+    if name in ("source", "_records"):
+      raise AttributeError(name)
+    return getattr(self.source, name)
 
 
 def _reason(error: Exception) -> str:
@@ -247,6 +286,8 @@ def build_train_iterator(data_config, *, global_batch_size: int, seed: int, proc
   specs = parse_specs(cfg["train"])
   make = ExampleMaker.from_config(cfg, tokenizer, train=True)
   random_access = [None if s.stream else open_source(s, cfg["data_dir"]) for s in specs]
+  if cfg["cache_in_memory"]:
+    random_access = [s and RecordCache(s) for s in random_access]
   info = {"kind": "stream" if any(s.stream for s in specs) else "index", "seed": seed,
           "global_batch_size": global_batch_size, "process_index": process_index,
           "process_count": process_count,

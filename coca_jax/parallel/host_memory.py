@@ -9,9 +9,9 @@ set; glibc reads tunables only when a process starts, so `restart_with_huge_page
 command again, once, with it set. Nothing changes numerically.
 
 Left alone: a GLIBC_TUNABLES that already names `glibc.malloc.hugetlb` (so
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` turns this off), other C libraries, kernels with
-transparent huge pages off, and machines whose JAX has an accelerator (TPU chips or a GPU
-plugin), where the host allocations are not on the step's path.
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` turns this off), other C libraries and kernels with
+transparent huge pages off. `platforms.start_command` calls it only when JAX computes on the
+CPU: with TPU chips or a GPU, the host allocations are not on the step's path.
 """
 import os
 import re
@@ -50,24 +50,16 @@ def huge_pages_environment(environ: Mapping[str, str]) -> Optional[dict]:
   return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{TUNABLE}=1"]))}
 
 
-def runs_on_cpu(environ: Mapping[str, str]) -> bool:
-  """Whether JAX will compute on the CPU: JAX_PLATFORMS is "cpu", or unset on a machine without
-  TPU chips or a GPU plugin."""
-  if environ.get("JAX_PLATFORMS"):
-    return environ["JAX_PLATFORMS"] == "cpu"
-  from coca_jax.parallel import platforms  # pylint: disable=import-outside-toplevel
-  return not platforms.has_tpu_devices() and platforms.platforms_without_tpu() == "cpu"
-
-
 def restart_with_huge_pages() -> None:
   """Replaces the process by the same command (`sys.orig_argv`, so `python -m` too) with
   glibc.malloc.hugetlb=1 when it helps (module docstring); returns when nothing is to change.
-  Call it at a command's start, before any thread or file it would have to carry over."""
+  Call it at a command's start, before any thread or file it would have to carry over, when
+  JAX will compute on the CPU (`platforms.runs_on_cpu`)."""
   version = glibc_version()
   if not sys.platform.startswith("linux") or version is None or version < MIN_GLIBC:
     return
   environ = huge_pages_environment(os.environ)
-  if environ is None or not kernel_allows_huge_pages() or not runs_on_cpu(os.environ):
+  if environ is None or not kernel_allows_huge_pages():
     return
   sys.stdout.flush()
   sys.stderr.flush()

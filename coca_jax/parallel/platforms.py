@@ -13,6 +13,8 @@ import importlib.metadata
 import importlib.util
 import os
 
+from coca_jax.parallel import host_memory
+
 # Device files through which libtpu reaches TPU chips (TPU VMs: /dev/accel*, v5e and later
 # also /dev/vfio/*).
 TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")
@@ -31,6 +33,15 @@ def platforms_without_tpu() -> str:
     if importlib.util.find_spec(plugin) is not None:
       return ("rocm" if "rocm" in plugin else "cuda") + ",cpu"
   return "cpu"
+
+
+def runs_on_cpu(environ=None) -> bool:
+  """Whether JAX will compute on the CPU: JAX_PLATFORMS is "cpu", or it is unset on a machine
+  without TPU chips or a GPU plugin. `environ`: default os.environ."""
+  environ = os.environ if environ is None else environ
+  if environ.get("JAX_PLATFORMS"):
+    return environ["JAX_PLATFORMS"] == "cpu"
+  return not has_tpu_devices() and platforms_without_tpu() == "cpu"
 
 
 def skip_absent_tpu() -> None:
@@ -66,8 +77,8 @@ def start_command() -> None:
   JAX (`hide_accelerators_from_tensorflow`); on a CPU, first a restart with huge pages for
   XLA's host buffers (`host_memory.restart_with_huge_pages`, a third less time per step)."""
   from absl import flags, logging  # pylint: disable=import-outside-toplevel
-  from coca_jax.parallel import host_memory  # pylint: disable=import-outside-toplevel
-  host_memory.restart_with_huge_pages()
+  if runs_on_cpu():
+    host_memory.restart_with_huge_pages()
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   skip_absent_tpu()
