@@ -14,7 +14,9 @@ One-thread workers are pinned to one CPU (sched_setaffinity) on top of
 torch.set_num_threads(1) and XLA's single-thread flags (the flags alone did not keep XLA on one
 core). Fractions are of --peak_gflops (the same figure for both thread settings; without it, of
 the probe); every line also reports a 2048^2 float32 matmul probe of torch and XLA run in the
-same process, at its thread setting and load.
+same process, at its thread setting and load. Both sides' processes run with glibc's
+`glibc.malloc.hugetlb=1`, as coca_jax's commands do (coca_jax/parallel/host_memory.py);
+`--huge_pages=off,on` measures without and with it (the line's "glibc_tunables" says which).
 """
 import argparse
 import json
@@ -195,6 +197,7 @@ def worker(args):
                        # the vector extensions torch's kernels use (ATEN_CPU_CAPABILITY caps it)
                        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                        xla_flags=os.environ.get("XLA_FLAGS", ""), dtype=cfg.dtype,
+                       glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
                        scan_layers=cfg.scan_layers, remat=cfg.remat_policy,
                        model_gflops_per_step=round(model_flops / 1e9, 2),
                        load_avg_1m_during=round(statistics.mean(loads), 2),
@@ -232,22 +235,28 @@ def main():
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
   parser.add_argument("--peak_gflops", type=float, default=0.0, help="all-core peak")
   parser.add_argument("--model_overrides", default="", help="JSON dict merged into config.model")
+  parser.add_argument("--huge_pages", default="on",
+                      help="'on' and/or 'off': glibc.malloc.hugetlb for both sides' processes "
+                           "(coca_jax's commands turn it on; coca_jax/parallel/host_memory.py)")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     worker(args)
     return
   failed = False
-  for path in args.configs.split(","):
-    for threads in args.threads.split(","):
-      env = dict(os.environ)
-      if threads == "1":
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
-      cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--configs={path}",
-             f"--threads={threads}", f"--batch={args.batch}", f"--steps={args.steps}",
-             f"--warmup={args.warmup}", f"--peak_gflops={args.peak_gflops}",
-             f"--model_overrides={args.model_overrides}"]
-      failed |= subprocess.run(cmd, env=env, cwd=REPO, check=False).returncode != 0
+  settings = [(path, threads, pages) for path in args.configs.split(",")
+              for threads in args.threads.split(",") for pages in args.huge_pages.split(",")]
+  for path, threads, pages in settings:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES", ""),
+                                                   f"glibc.malloc.hugetlb={int(pages == 'on')}"]))
+    if threads == "1":
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--configs={path}",
+           f"--threads={threads}", f"--batch={args.batch}", f"--steps={args.steps}",
+           f"--warmup={args.warmup}", f"--peak_gflops={args.peak_gflops}",
+           f"--model_overrides={args.model_overrides}"]
+    failed |= subprocess.run(cmd, env=env, cwd=REPO, check=False).returncode != 0
   sys.exit(1 if failed else 0)
 
 
