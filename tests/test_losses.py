@@ -66,14 +66,19 @@ def test_coca_loss_shifts_and_weights():
   text = np.array([[2, 5, 6, 3, 0], [2, 7, 3, 0, 0]])
   out = {"image_embed": jnp.asarray(unit(rng.normal(size=(2, 4))), jnp.float32),
          "text_embed": jnp.asarray(unit(rng.normal(size=(2, 4))), jnp.float32),
-         "logits": jnp.asarray(rng.normal(size=(2, 5, 9)), jnp.float32),
+         "logits": jnp.asarray(rng.normal(size=(2, 4, 9)), jnp.float32),
          "logit_scale": jnp.float32(10.0)}
   got = losses.coca_loss(out, jnp.asarray(text), pad_id=0)
   con = np_contrastive(np.asarray(out["image_embed"]), np.asarray(out["text_embed"]), 10.0)
-  cap = np_caption(np.asarray(out["logits"])[:, :-1], text[:, 1:], 0)
+  cap = np_caption(np.asarray(out["logits"]), text[:, 1:], 0)
   np.testing.assert_allclose(got["contrastive"], con, rtol=1e-5)
   np.testing.assert_allclose(got["caption"], cap, rtol=1e-5)
   np.testing.assert_allclose(got["total"], con + 2 * cap, rtol=1e-5)
+
+  # Logits for every input position (the model's `decode`) are refused, not misaligned.
+  whole = dict(out, logits=jnp.asarray(rng.normal(size=(2, 5, 9)), jnp.float32))
+  with pytest.raises(ValueError, match="length - 1"):
+    losses.coca_loss(whole, jnp.asarray(text), pad_id=0)
 
 
 def test_contrastive_spans_the_global_batch_when_sharded():

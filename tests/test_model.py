@@ -43,7 +43,7 @@ def test_layouts_shapes(layout):
       variables, make_images(3))
   assert tokens.shape == (3, n_tokens, 32)
   assert out["image_embed"].shape == out["text_embed"].shape == (3, 32)
-  assert out["logits"].shape == (3, 12, 64)
+  assert out["logits"].shape == (3, 11, 64)  # the last input position is not decoded
   np.testing.assert_allclose(jnp.linalg.norm(out["image_embed"], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(jnp.linalg.norm(out["text_embed"], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(out["logit_scale"], 1 / 0.07, rtol=1e-5)
@@ -75,6 +75,21 @@ def test_causality(fixture, request):
     np.testing.assert_array_equal(states[:, :t], base_states[:, :t])
     np.testing.assert_array_equal(logits[:, :t], base_logits[:, :t])
     assert not np.allclose(logits[:, t], base_logits[:, t])
+
+
+@pytest.mark.parametrize("fixture", ["paper", "open_clip_layout"])
+def test_training_logits_skip_only_the_last_position(fixture, request):
+  """The training forward pass does not decode the last input position (it predicts nothing,
+  as in open_clip): its logits are `decode`'s for every other position."""
+  model, variables = request.getfixturevalue(fixture)
+  images, text = make_images(2), make_text([12, 5])
+  out = forward(model)(variables, images, text)
+  image_tokens = model.apply(variables, images, method=model.encode_image)[1]
+  every = model.apply(variables, text, image_tokens, method=model.decode)
+  assert out["logits"].shape == (2, text.shape[1] - 1, every.shape[-1])
+  np.testing.assert_allclose(out["logits"], every[:, :-1], atol=2e-5)
+  with pytest.raises(ValueError, match="at least 2 tokens"):
+    model.apply(variables, images, text[:, :1])
 
 
 def test_tokens_after_end_token_are_ignored(paper):

@@ -124,7 +124,7 @@ def jax_outputs(model_config, params, images_nhwc, text):
     return {"image_embed": out["image_embed"],
             "text_embed": out["text_embed"],
             "contrastive_logits": out["logit_scale"] * out["image_embed"] @ out["text_embed"].T,
-            "caption_logits": out["logits"][:, :-1],
+            "caption_logits": out["logits"],
             "loss": coca_loss(out, text, pad_id=0)["total"]}
 
   out = forward(params, jnp.asarray(images_nhwc), jnp.asarray(text, jnp.int32))

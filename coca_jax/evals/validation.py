@@ -29,7 +29,7 @@ class ValidationLossEvaluator:
       n = jnp.maximum(mask.sum(), 1)
       con = ((i2t + t2i) / 2 * mask).sum() / n
       labels = jnp.where(mask[:, None], text[:, 1:], pad_id)
-      cap_sum, cap_count = losses.caption_loss_sum(out["logits"][:, :-1], labels, pad_id)
+      cap_sum, cap_count = losses.caption_loss_sum(out["logits"], labels, pad_id)
       return con, cap_sum, cap_count
 
     self._losses = jax.jit(batch_losses)

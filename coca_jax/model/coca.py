@@ -158,13 +158,27 @@ class CoCa(nn.Module):
     return jnp.exp(jnp.minimum(self.logit_scale, math.log(self.cfg.max_logit_scale)))
 
   def __call__(self, images, text) -> Dict[str, Any]:
-    """-> {"image_embed", "text_embed", "logits", "logit_scale"}; with `caption_loss_chunks`
-    also "caption_state_chunks" (chunks, B, L / chunks, W), the decoder's final states split
+    """The training forward pass on images (B, H, W, 3) float32 and text (B, L) int32, L >= 2.
+
+    -> {"image_embed", "text_embed" (B, embed_dim), "logits" (B, L - 1, vocab) float32,
+    "logit_scale" ()}: logits at position i predict text[:, i + 1]. The last input position
+    has no next token to predict, so the decoder does not run on it (as open_clip's CoCa in
+    training); `decode` gives logits for every position. With `caption_loss_chunks` also
+    "caption_state_chunks" (chunks, B, (L - 1) / chunks, W), the decoder's final states split
     along the text (zero-padded to a multiple of the chunk count), and "caption_proj"
-    (W, vocab), from which `coca_jax.train.losses.coca_loss` makes the logits chunk by chunk. (Under
-    jit, logits that nothing reads are never computed.)"""
+    (W, vocab), from which `coca_jax.train.losses.coca_loss` makes the logits chunk by chunk.
+    (Under jit, logits that nothing reads are never computed.)
+
+    Raises:
+      ValueError: text shorter than 2 tokens (no next token to predict), or as `encode_image`
+        and `encode_text`.
+    """
+    if jnp.ndim(text) == 2 and text.shape[1] < 2:
+      raise ValueError(f"text: the training forward pass needs at least 2 tokens per row "
+                       f"(one to predict), got shape {tuple(text.shape)}")
     image_embed, image_tokens = self.encode_image(images)
     text_embed, text_tokens = self.encode_text(text)
+    text_tokens = text_tokens[:, :-1]
     out = {"image_embed": image_embed, "text_embed": text_embed,
            "logit_scale": self.get_logit_scale()}
     chunks = self.cfg.caption_loss_chunks

@@ -4,8 +4,9 @@ The 6·N·tokens rule is wrong for CoCa: the image encoder's params see the imag
 decoder's see the text tokens and the poolers see a few hundred queries. So each tower is
 counted at its own token count: the ViT over its patches (+ class token), the poolers over
 their queries and keys, the unimodal text decoder over text + CLS with causal attention at half
-cost, the multimodal decoder over the text with cross-attention keys/values over the image
-tokens, and the vocabulary projection. Training is counted as 3x the forward pass. Layer norms,
+cost, the multimodal decoder over the text but its last position (which has no next token to
+predict: `CoCa.__call__` does not decode it) with cross-attention keys/values over the image
+tokens, and the vocabulary projection over the same positions. Training is counted as 3x the forward pass. Layer norms,
 softmax and other elementwise work are left out, as MFU conventions do.
 """
 from typing import Dict
@@ -48,12 +49,13 @@ def forward_flops(model_config, text_length: int = None) -> Dict[str, float]:
   flops["unimodal_text"] = t.depth * (_attention(n_txt, n_txt, t.width, causal=True)
                                       + _mlp(n_txt, t.width, t.mlp_dim)) + 2 * t.width * e
   n_image_tokens = cfg.num_image_tokens
-  per_layer = (_attention(length, length, t.width, causal=True)
-               + _attention(length, n_image_tokens, t.width) + _mlp(length, t.width, d.mlp_dim))
+  decoded = max(length - 1, 1)
+  per_layer = (_attention(decoded, decoded, t.width, causal=True)
+               + _attention(decoded, n_image_tokens, t.width) + _mlp(decoded, t.width, d.mlp_dim))
   if d.mlp_after_self_attention:
-    per_layer += _mlp(length, t.width, d.mlp_dim)
+    per_layer += _mlp(decoded, t.width, d.mlp_dim)
   flops["multimodal_decoder"] = d.depth * per_layer
-  flops["vocab_projection"] = 2 * length * t.width * t.vocab_size
+  flops["vocab_projection"] = 2 * decoded * t.width * t.vocab_size
   flops["forward"] = sum(flops.values())
   flops["train"] = 3 * flops["forward"]
   return flops

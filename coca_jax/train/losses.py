@@ -122,14 +122,20 @@ def caption_loss(logits, labels, pad_id: int):
 
 def outputs_caption_loss_sum(outputs, text, pad_id: int, example_weights=None):
   """`caption_loss_sum` of the model's output dict against its input text: from whole logits,
-  or chunk by chunk when the model was built with `caption_loss_chunks`. Logits at position i
-  are scored against text[i+1] (the last position has no target), as open_clip does. text
-  (B, L) int32; example_weights (B,) float32 or None. Returns (sum, weight total), each ()
-  float32."""
+  or chunk by chunk when the model was built with `caption_loss_chunks`. The logits (B, L - 1,
+  vocab) at position i are scored against text[:, i + 1], as open_clip does (the model does
+  not decode the last input position). text (B, L) int32; example_weights (B,) float32 or
+  None. Returns (sum, weight total), each () float32. Raises ValueError when the logits do not
+  have L - 1 positions."""
+  labels = text[:, 1:]
   if "caption_state_chunks" in outputs:  # the model's caption_loss_chunks: logits made here
     return chunked_caption_loss_sum(outputs["caption_state_chunks"], outputs["caption_proj"],
-                                    text[:, 1:], pad_id, example_weights)
-  return caption_loss_sum(outputs["logits"][:, :-1], text[:, 1:], pad_id, example_weights)
+                                    labels, pad_id, example_weights)
+  if outputs["logits"].shape[:2] != labels.shape:
+    raise ValueError(f"logits of shape {tuple(outputs['logits'].shape)} for text of shape "
+                     f"{tuple(text.shape)}: expected (batch, length - 1, vocab), the "
+                     "positions that have a next token (CoCa.__call__ gives these)")
+  return caption_loss_sum(outputs["logits"], labels, pad_id, example_weights)
 
 
 def coca_loss(outputs, text, *, pad_id: int, contrastive_weight: float = 1.0,
