@@ -2,9 +2,9 @@
 
 The package as it was at --before (`git archive`) is imported under another name
 (coca_jax_before) beside the work tree's coca_jax; both compile the same model config's step
-(the same params, batch, losses and AdamW as `vs_open_clip.py`) and their steps alternate, so
-that both see the same machine load. One JSON line: both medians, the speed-up, both first
-losses (they must agree to float32 rounding).
+(the same params, batch, losses and AdamW as `vs_open_clip.py`) and they take turns as there
+(common.alternating_seconds), so that both see the same machine load. One JSON line: both
+medians, the speed-up, both first losses (they must agree to float32 rounding).
 
   python benchmarks/before_after.py --before=316290d --threads=1
   python benchmarks/before_after.py --before=HEAD~1 --config=configs/openclip_b32.py --batch=8
@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -46,6 +45,10 @@ def main():
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--threads", default="1", help="'1' (one pinned CPU) or 'all'")
   parser.add_argument("--steps", type=int, default=8, help="timed steps per side")
+  parser.add_argument("--block", type=int, default=2, help="timed steps of one side in a row")
+  parser.add_argument("--rewarm", type=int, default=1,
+                      help="untimed steps of a side before each of its blocks "
+                           "(common.alternating_seconds)")
   args = parser.parse_args()
 
   sys.path.insert(0, HERE)
@@ -95,12 +98,8 @@ def main():
     return float(loss)
 
   first_loss = {side: run(side) for side in sides}
-  times = {side: [] for side in sides}
-  for i in range(args.steps):
-    for side in (("before", "after") if i % 2 == 0 else ("after", "before")):
-      t0 = time.perf_counter()
-      run(side)
-      times[side].append(time.perf_counter() - t0)
+  times = common.alternating_seconds({side: lambda side=side: run(side) for side in sides},
+                                     args.steps, block=args.block, rewarm=args.rewarm)
   median = {side: statistics.median(ts) * 1e3 for side, ts in times.items()}
   print(json.dumps(common.header(
       benchmark="train_step_before_after", config=args.config, batch=args.batch,
@@ -110,6 +109,7 @@ def main():
       after="work tree", xla_flags=os.environ.get("XLA_FLAGS", ""),
       before_ms=round(median["before"], 1), after_ms=round(median["after"], 1),
       speedup=round(median["before"] / median["after"], 3), steps=args.steps,
+      block=args.block, rewarm=args.rewarm,
       first_loss={k: round(v, 5) for k, v in first_loss.items()})), flush=True)
 
 

@@ -172,3 +172,40 @@ def median_seconds(fn, runs):
     fn()
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def alternating_seconds(steps, timed, block=2, rewarm=1, after_turn=None):
+  """Wall times of `timed` calls of each step in `steps` ({side: fn}, each fn blocking until
+  its work is done), the sides taking turns so that both see the same machine load.
+
+  A turn is `rewarm` untimed calls of one side, then up to `block` timed ones; the order of the
+  sides flips every round. The untimed calls are there because a machine may take back memory
+  a process left free for a few seconds: XLA:CPU frees its temporary buffer (about 1 GB for
+  configs/bench_small.py) at the end of every call, and on a VM with Linux free page reporting
+  (virtio-balloon) the guest hands those pages to the host while the other side runs, so the
+  next call faults them in again through the host (0.7-1.6 s more on a 4 s bench-small step
+  after a 5 s pause, benchmarks/results/README.md). A training loop, whose steps follow each
+  other, never pays that. `rewarm=0, block=1` is strict step-by-step alternation.
+
+  Returns {side: [seconds, ...]} with `timed` entries each. `after_turn()` is called after
+  every round (e.g. to sample the load). Raises ValueError for timed or block below 1 or a
+  negative rewarm.
+  """
+  if timed < 1 or block < 1 or rewarm < 0:
+    raise ValueError(f"need timed >= 1, block >= 1, rewarm >= 0; got {timed}, {block}, {rewarm}")
+  times = {side: [] for side in steps}
+  order = list(steps)
+  while any(len(ts) < timed for ts in times.values()):
+    for side in order:
+      if len(times[side]) >= timed:
+        continue
+      for _ in range(rewarm):
+        steps[side]()
+      for _ in range(min(block, timed - len(times[side]))):
+        t0 = time.perf_counter()
+        steps[side]()
+        times[side].append(time.perf_counter() - t0)
+    if after_turn is not None:
+      after_turn()
+    order.reverse()
+  return times

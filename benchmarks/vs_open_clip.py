@@ -2,8 +2,10 @@
 weights, batch, losses (caption 2, contrastive 1), AdamW and float32, timed in one run.
 
 Each (config, thread setting) runs in its own process (XLA's thread flags must be set before
-jax starts); inside it the two implementations alternate step by step, so that both see the
-same machine load. One JSON line per implementation, then one with the ratio. Model FLOPs are
+jax starts); inside it the two implementations take turns, so that both see the same machine
+load: a turn is one untimed step, then --block timed ones (common.alternating_seconds says why
+the untimed step: a VM's host may take back the memory a side left free while the other ran).
+One JSON line per implementation, then one with the ratio. Model FLOPs are
 `coca_jax.tools.flops` (per tower, training = 3x forward), the same figure for both sides.
 
   python benchmarks/vs_open_clip.py --peak_gflops=134        # bench-small and openclip_b32,
@@ -179,15 +181,10 @@ def worker(args):
   for _ in range(args.warmup - 1):
     jax_step()
     torch_step()
-  times = {"coca_jax": [], "open_clip": []}
   loads = []
-  for i in range(args.steps):
-    order = (("coca_jax", jax_step), ("open_clip", torch_step))
-    for name, fn in (order if i % 2 == 0 else order[::-1]):
-      t0 = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t0)
-    loads.append(os.getloadavg()[0])
+  times = common.alternating_seconds({"coca_jax": jax_step, "open_clip": torch_step},
+                                     args.steps, block=args.block, rewarm=args.rewarm,
+                                     after_turn=lambda: loads.append(os.getloadavg()[0]))
 
   model_flops = flops_lib.forward_flops(cfg)["train"] * batch
   probe = matmul_gflops(torch, jnp, jax)
@@ -198,6 +195,7 @@ def worker(args):
                        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                        xla_flags=os.environ.get("XLA_FLAGS", ""), dtype=cfg.dtype,
                        glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                       block=args.block, rewarm=args.rewarm,
                        scan_layers=cfg.scan_layers, remat=cfg.remat_policy,
                        model_gflops_per_step=round(model_flops / 1e9, 2),
                        load_avg_1m_during=round(statistics.mean(loads), 2),
@@ -233,6 +231,11 @@ def main():
   parser.add_argument("--threads", default="all,1", help="'all' and/or '1'")
   parser.add_argument("--steps", type=int, default=6, help="timed steps per side")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
+  parser.add_argument("--block", type=int, default=2,
+                      help="timed steps of one side in a row (common.alternating_seconds)")
+  parser.add_argument("--rewarm", type=int, default=1,
+                      help="untimed steps of a side before each of its blocks; "
+                           "--rewarm=0 --block=1: strict step-by-step alternation")
   parser.add_argument("--peak_gflops", type=float, default=0.0, help="all-core peak")
   parser.add_argument("--model_overrides", default="", help="JSON dict merged into config.model")
   parser.add_argument("--huge_pages", default="on",
@@ -254,7 +257,8 @@ def main():
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--configs={path}",
            f"--threads={threads}", f"--batch={args.batch}", f"--steps={args.steps}",
-           f"--warmup={args.warmup}", f"--peak_gflops={args.peak_gflops}",
+           f"--warmup={args.warmup}", f"--block={args.block}", f"--rewarm={args.rewarm}",
+           f"--peak_gflops={args.peak_gflops}",
            f"--model_overrides={args.model_overrides}"]
     failed |= subprocess.run(cmd, env=env, cwd=REPO, check=False).returncode != 0
   sys.exit(1 if failed else 0)

@@ -99,12 +99,17 @@ def test_decode_step_lines(gpu_run):
   assert line["text_weights_mb"] > 0 and line["cross_kv_mb"] > 0 and line["probe_gb_per_s"] > 0
 
 
-def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
-  """Benchmark lines say which CPU and which vector extensions a figure was measured with."""
+def _bench_common():
   import importlib.util  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
   common = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(common)
+  return common
+
+
+def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
+  """Benchmark lines say which CPU and which vector extensions a figure was measured with."""
+  common = _bench_common()
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
                      "flags\t\t: fpu sse2 avx2 fma avx512f\n\nprocessor\t: 1\n")
@@ -116,6 +121,23 @@ def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
                   "xla_cpu_max_isa": "AVX2"}
   monkeypatch.delenv("XLA_FLAGS")
   assert "xla_cpu_max_isa" not in common.cpu_info(str(tmp_path / "absent"))
+
+
+def test_alternating_sides_rewarm_before_each_block_and_swap_order():
+  """Each side's timed calls come in blocks after its untimed ones, the first side of a round
+  flips, and every side gets exactly the timed count (a short last block)."""
+  common = _bench_common()
+  calls = []
+  steps = {side: (lambda side=side: calls.append(side)) for side in ("a", "b")}
+  times = common.alternating_seconds(steps, timed=3, block=2, rewarm=1)
+  assert {side: len(ts) for side, ts in times.items()} == {"a": 3, "b": 3}
+  # round 1: a (1 untimed + 2 timed), b (1 + 2); round 2 flips: b (1 + 1), a (1 + 1)
+  assert "".join(calls) == "aaabbbbbaa"
+  calls.clear()
+  common.alternating_seconds(steps, timed=2, block=1, rewarm=0)
+  assert "".join(calls) == "abba"
+  with pytest.raises(ValueError, match="block >= 1"):
+    common.alternating_seconds(steps, timed=2, block=0)
 
 
 def _profile_step_module():
