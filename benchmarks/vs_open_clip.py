@@ -246,13 +246,14 @@ def main():
   if args.worker:
     worker(args)
     return
+  from coca_jax.parallel import host_memory  # pylint: disable=g-import-not-at-top
   failed = False
   settings = [(path, threads, pages) for path in args.configs.split(",")
               for threads in args.threads.split(",") for pages in args.huge_pages.split(",")]
   for path, threads, pages in settings:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES", ""),
-                                                   f"glibc.malloc.hugetlb={int(pages == 'on')}"]))
+    env["GLIBC_TUNABLES"] = host_memory.with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""),
+                                                        on=pages == "on")
     if threads == "1":
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--configs={path}",

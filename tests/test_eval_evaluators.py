@@ -177,3 +177,34 @@ def test_repeated_text_encoding_and_gathers_compile_once():
     zero_shot.encode_texts(again, params, tokens, batch_size=8, mesh=mesh)
     common.gather({"x": jnp.ones((8, 3)) * len(words)}, mesh)
   assert not compiles
+
+
+def test_validation_losses_leave_out_padded_rows_and_follow_the_chunked_loss():
+  """A batch whose last row is padding (mask False) gives the losses of its real rows alone,
+  and a model built with caption_loss_chunks gives the same losses through its chunked path,
+  never making the whole logits."""
+  from coca_jax.evals.validation import ValidationLossEvaluator  # pylint: disable=import-outside-toplevel
+  from coca_jax.train import losses  # pylint: disable=import-outside-toplevel
+  import model_fixtures  # pylint: disable=import-outside-toplevel
+  images = model_fixtures.make_images(4)
+  text = model_fixtures.make_text([5, 7, 12, 2])
+  text = text.at[3].set(model_fixtures.PAD)  # the padded example: all padding
+  mask = np.array([True, True, True, False])
+  model = create_model(model_fixtures.config(text__vocab_size=80))  # unlike any other width
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, text))["params"]
+  expected = losses.coca_loss(model.apply({"params": params}, images[:3], text[:3]), text[:3],
+                              pad_id=model_fixtures.PAD)
+  mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
+  batch = {"images": np.asarray(images), "text": np.asarray(text), "mask": mask}
+  for chunks in (0, 2):
+    chunked = create_model(model_fixtures.config(text__vocab_size=80, caption_loss_chunks=chunks))
+    evaluator = ValidationLossEvaluator(chunked, mesh, [batch], pad_id=model_fixtures.PAD,
+                                        contrastive_weight=1.0, caption_weight=2.0)
+    result = evaluator.run(params)
+    g = sharding.global_batch(batch, mesh)
+    program = evaluator._losses.lower(params, g["images"], g["text"], g["mask"]).compile()  # pylint: disable=protected-access
+    # whole logits (batch, length - 1, vocab) exist only without chunks
+    assert ("f32[4,11,80]" in program.as_text()) == (chunks == 0), chunks
+    for name in ("contrastive", "caption", "total"):
+      np.testing.assert_allclose(result[f"val/{name}"], float(expected[name]), rtol=1e-5,
+                                 err_msg=f"{name}, caption_loss_chunks={chunks}")

@@ -76,3 +76,11 @@ def test_training_is_three_forwards():
   train_xla = _xla_flops(jax.grad(loss), params, images, text) / BATCH
   ours = flops_lib.forward_flops(cfg)["train"]
   assert abs(ours - train_xla) / train_xla < TOL, (ours, train_xla)
+
+
+def test_text_without_a_token_to_predict_is_refused():
+  """As `CoCa.__call__`: a 1-token text has no next token, so no decoder count exists."""
+  with pytest.raises(ValueError, match="at least 2 tokens"):
+    flops_lib.forward_flops(PAPER, text_length=1)
+  short = flops_lib.forward_flops(PAPER, text_length=2)
+  assert short["vocab_projection"] == 2 * 1 * 128 * 2048  # one decoded position

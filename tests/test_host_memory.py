@@ -57,6 +57,9 @@ def test_environment_appends_the_tunable_once():
   # The user's own setting, on or off, is left alone (and a restart cannot loop).
   assert host_memory.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
   assert host_memory.huge_pages_environment(env) is None
+  # benchmarks/vs_open_clip.py's off setting for both sides
+  assert (host_memory.with_huge_pages("glibc.malloc.arena_max=2", on=False)
+          == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0")
 
 
 def test_only_cpu_runs_restart():

@@ -28,8 +28,9 @@ class ValidationLossEvaluator:
       t2i = jax.nn.logsumexp(logits, axis=0) - diag
       n = jnp.maximum(mask.sum(), 1)
       con = ((i2t + t2i) / 2 * mask).sum() / n
-      labels = jnp.where(mask[:, None], text[:, 1:], pad_id)
-      cap_sum, cap_count = losses.caption_loss_sum(out["logits"], labels, pad_id)
+      # (chunk by chunk when the model has caption_loss_chunks: no whole logits)
+      cap_sum, cap_count = losses.outputs_caption_loss_sum(
+          out, text, pad_id, example_weights=mask.astype(jnp.float32))
       return con, cap_sum, cap_count
 
     self._losses = jax.jit(batch_losses)

@@ -73,7 +73,7 @@ class CoCa(nn.Module):
     if not jnp.issubdtype(images.dtype, jnp.floating):
       raise ValueError(f"images: expected a float dtype (normalised pixels), got {images.dtype}")
 
-  def _check_text(self, text):
+  def _check_text(self, text, min_length: int = 1):
     t = self.cfg.text
     if getattr(text, "ndim", None) != 2:
       raise ValueError(f"text: expected int token ids of shape (batch, length), got shape "
@@ -83,6 +83,9 @@ class CoCa(nn.Module):
     if not 1 <= text.shape[1] <= t.context_length:
       raise ValueError(f"text: length {text.shape[1]} is outside 1..{t.context_length} "
                        "(text.context_length)")
+    if text.shape[1] < min_length:
+      raise ValueError(f"text: the training forward pass needs at least {min_length} tokens "
+                       f"per row (one to predict), got shape {tuple(text.shape)}")
 
   # --- the public methods ---------------------------------------------------------------
   def encode_image(self, images, normalize: bool = True):
@@ -173,9 +176,7 @@ class CoCa(nn.Module):
       ValueError: text shorter than 2 tokens (no next token to predict), or as `encode_image`
         and `encode_text`.
     """
-    if jnp.ndim(text) == 2 and text.shape[1] < 2:
-      raise ValueError(f"text: the training forward pass needs at least 2 tokens per row "
-                       f"(one to predict), got shape {tuple(text.shape)}")
+    self._check_text(text, min_length=2)
     image_embed, image_tokens = self.encode_image(images)
     text_embed, text_tokens = self.encode_text(text)
     text_tokens = text_tokens[:, :-1]

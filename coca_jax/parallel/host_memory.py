@@ -41,13 +41,19 @@ def kernel_allows_huge_pages(setting_file: str = THP_SETTING) -> bool:
     return False
 
 
+def with_huge_pages(tunables: str, on: bool = True) -> str:
+  """A GLIBC_TUNABLES value: `tunables` (':'-separated, as glibc reads them) with
+  glibc.malloc.hugetlb=1 (or =0 when not `on`) appended."""
+  return ":".join(filter(None, [tunables, f"{TUNABLE}={int(on)}"]))
+
+
 def huge_pages_environment(environ: Mapping[str, str]) -> Optional[dict]:
-  """`environ` with glibc.malloc.hugetlb=1 appended to its GLIBC_TUNABLES (':'-separated, as
-  glibc reads them); None when GLIBC_TUNABLES names that tunable already."""
+  """`environ` with glibc.malloc.hugetlb=1 appended to its GLIBC_TUNABLES; None when
+  GLIBC_TUNABLES names that tunable already."""
   tunables = environ.get("GLIBC_TUNABLES", "")
   if TUNABLE in tunables:
     return None
-  return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{TUNABLE}=1"]))}
+  return {**environ, "GLIBC_TUNABLES": with_huge_pages(tunables)}
 
 
 def restart_with_huge_pages() -> None:

@@ -6,8 +6,9 @@ counted at its own token count: the ViT over its patches (+ class token), the po
 their queries and keys, the unimodal text decoder over text + CLS with causal attention at half
 cost, the multimodal decoder over the text but its last position (which has no next token to
 predict: `CoCa.__call__` does not decode it) with cross-attention keys/values over the image
-tokens, and the vocabulary projection over the same positions. Training is counted as 3x the forward pass. Layer norms,
-softmax and other elementwise work are left out, as MFU conventions do.
+tokens, and the vocabulary projection over the same positions. Training is counted as 3x the
+forward pass. Layer norms, softmax and other elementwise work are left out, as MFU conventions
+do.
 """
 from typing import Dict
 
@@ -27,10 +28,21 @@ def _mlp(tokens, width, hidden):
 
 
 def forward_flops(model_config, text_length: int = None) -> Dict[str, float]:
-  """Forward FLOPs per example by tower; `text_length` defaults to the full context."""
+  """Forward FLOPs per example by tower (module docstring), plus "forward" and "train".
+
+  Args:
+    model_config: a model config dict (`coca_jax.model.config`).
+    text_length: tokens per text, as `CoCa.__call__` gets them; defaults to the full context.
+
+  Raises:
+    ValueError: a text_length below 2 (`CoCa.__call__` needs a token to predict).
+  """
   cfg: ModelConfig = from_dict(model_config)
   v, p, t, d = cfg.vision, cfg.pooler, cfg.text, cfg.decoder
   length = text_length or t.context_length
+  if length < 2:
+    raise ValueError(f"text_length: the training forward pass needs at least 2 tokens, "
+                     f"got {length}")
   patches = v.num_patches
   n_img = patches + (1 if v.class_token else 0)
   flops = {}
@@ -49,7 +61,7 @@ def forward_flops(model_config, text_length: int = None) -> Dict[str, float]:
   flops["unimodal_text"] = t.depth * (_attention(n_txt, n_txt, t.width, causal=True)
                                       + _mlp(n_txt, t.width, t.mlp_dim)) + 2 * t.width * e
   n_image_tokens = cfg.num_image_tokens
-  decoded = max(length - 1, 1)
+  decoded = length - 1  # the last position predicts nothing
   per_layer = (_attention(decoded, decoded, t.width, causal=True)
                + _attention(decoded, n_image_tokens, t.width) + _mlp(decoded, t.width, d.mlp_dim))
   if d.mlp_after_self_attention:
