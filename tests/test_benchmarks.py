@@ -99,17 +99,19 @@ def test_decode_step_lines(gpu_run):
   assert line["text_weights_mb"] > 0 and line["cross_kv_mb"] > 0 and line["probe_gb_per_s"] > 0
 
 
-def _bench_common():
+def _benchmark_module(name):
+  """benchmarks/<name>.py as a module (the folder is not a package)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
-  return common
+  spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                ROOT / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
   """Benchmark lines say which CPU and which vector extensions a figure was measured with."""
-  common = _bench_common()
+  common = _benchmark_module("common")
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
                      "flags\t\t: fpu sse2 avx2 fma avx512f\n\nprocessor\t: 1\n")
@@ -126,7 +128,7 @@ def test_cpu_info_names_the_model_extensions_and_isa_cap(tmp_path, monkeypatch):
 def test_alternating_sides_rewarm_before_each_block_and_swap_order():
   """Each side's timed calls come in blocks after its untimed ones, the first side of a round
   flips, and every side gets exactly the timed count (a short last block)."""
-  common = _bench_common()
+  common = _benchmark_module("common")
   calls = []
   steps = {side: (lambda side=side: calls.append(side)) for side in ("a", "b")}
   times = common.alternating_seconds(steps, timed=3, block=2, rewarm=1)
@@ -140,19 +142,10 @@ def test_alternating_sides_rewarm_before_each_block_and_swap_order():
     common.alternating_seconds(steps, timed=2, block=0)
 
 
-def _profile_step_module():
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("profile_step",
-                                                ROOT / "benchmarks" / "profile_step.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_profile_shares_overlapping_time_and_names_categories():
   """Ops that run at the same time share it (the shares add up to the busy wall time, never
   more); HLO and aten ops land in the category a reader expects."""
-  profile = _profile_step_module()
+  profile = _benchmark_module("profile_step")
   shares = profile._exclusive_ms([(0, 4000, "a"), (2000, 6000, "b"), (8000, 9000, "c")])  # pylint: disable=protected-access
   assert shares == {"a": 3.0, "b": 3.0, "c": 1.0}
   hlo = """
