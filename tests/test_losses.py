@@ -47,6 +47,21 @@ def test_contrastive_matches_numpy():
   np.testing.assert_allclose(got, np_contrastive(img, txt, 14.3), rtol=1e-5)
 
 
+def test_contrastive_with_a_mask_is_the_loss_of_the_real_examples():
+  """Evaluation's padded last batch: masked-out rows are neither anchors nor negatives,
+  whatever their embeddings (here copies of a real one, the hardest negatives)."""
+  rng = np.random.default_rng(2)
+  img, txt = unit(rng.normal(size=(6, 8))), unit(rng.normal(size=(6, 8)))
+  img[4:], txt[4:] = img[0], txt[1]
+  mask = np.array([True, True, True, True, False, False])
+  got = losses.contrastive_loss(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32),
+                                14.3, example_mask=jnp.asarray(mask))
+  np.testing.assert_allclose(got, np_contrastive(img[:4], txt[:4], 14.3), rtol=1e-5)
+  every = losses.contrastive_loss(jnp.asarray(img), jnp.asarray(txt), 14.3,
+                                  example_mask=jnp.ones(6, bool))
+  np.testing.assert_allclose(every, np_contrastive(img, txt, 14.3), rtol=1e-5)
+
+
 def test_caption_matches_numpy_with_padding():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(3, 7, 11)).astype(np.float32)

@@ -19,15 +19,9 @@ class ValidationLossEvaluator:
     def batch_losses(params, images, text, mask):
       out = model.apply({"params": params}, images, text)
       # Padded examples drop out of both losses: their text is all padding (no caption
-      # targets) and they are removed from the contrastive logits by a large negative bias.
-      logits = out["logit_scale"] * out["image_embed"] @ out["text_embed"].T
-      valid = mask[:, None] & mask[None, :]
-      logits = jnp.where(valid, logits, -1e9)
-      diag = jnp.diagonal(logits)
-      i2t = jax.nn.logsumexp(logits, axis=1) - diag
-      t2i = jax.nn.logsumexp(logits, axis=0) - diag
-      n = jnp.maximum(mask.sum(), 1)
-      con = ((i2t + t2i) / 2 * mask).sum() / n
+      # targets) and the contrastive loss leaves them out (example_mask).
+      con = losses.contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"],
+                                    example_mask=mask)
       # (chunk by chunk when the model has caption_loss_chunks: no whole logits)
       cap_sum, cap_count = losses.outputs_caption_loss_sum(
           out, text, pad_id, example_weights=mask.astype(jnp.float32))

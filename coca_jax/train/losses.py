@@ -13,17 +13,24 @@ import optax
 from coca_jax.model.linear import linear
 
 
-def contrastive_loss(image_embed, text_embed, logit_scale):
+def contrastive_loss(image_embed, text_embed, logit_scale, example_mask=None):
   """The contrastive loss of CoCa (paper section 3.1; open_clip's ClipLoss): the mean of the
   image->text and text->image softmax cross-entropies over the batch, pair i being the
   positive of row i. image_embed, text_embed: (B, D) L2-normalised, any float dtype (computed
-  in float32); logit_scale: () float32, the temperature's inverse (exp of the learned log).
+  in float32); logit_scale: () float32, the temperature's inverse (exp of the learned log);
+  example_mask: optional (B,) bool, False for padded examples (evaluation's last batch),
+  which then are neither anchors nor negatives and the mean is over the real ones.
   Returns () float32."""
   logits = logit_scale * (image_embed.astype(jnp.float32) @ text_embed.astype(jnp.float32).T)
   labels = jnp.arange(logits.shape[0])
-  image_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  text_to_image = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-  return (image_to_text + text_to_image) / 2
+  if example_mask is not None:  # a large negative bias, not -inf: a padded row stays finite
+    logits = jnp.where(example_mask[:, None] & example_mask[None, :], logits, -1e9)
+  image_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  text_to_image = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+  if example_mask is None:
+    return (image_to_text.mean() + text_to_image.mean()) / 2
+  per_example = (image_to_text + text_to_image) / 2 * example_mask
+  return per_example.sum() / jnp.maximum(example_mask.sum(), 1)
 
 
 @jax.custom_vjp
