@@ -49,6 +49,7 @@ def measure(path, model_config, batch, max_len, runs, probe_mb):
       "params"])(jax.random.key(0))
   end_id = cfg.text.eos_id if cfg.text.eos_id is not None else 2
   start_id = 49406 if cfg.text.vocab_size == 49408 else 1
+  variables = decode.with_transposed_kernels(model, params)  # as captioning.py
   seconds = {}
   for length in (2, max_len):
     # No end token before the last position and no stop on a pad token: every caption of
@@ -56,7 +57,7 @@ def measure(path, model_config, batch, max_len, runs, probe_mb):
     gen = decode.GenerationConfig(start_id=start_id, end_id=end_id, pad_id=cfg.text.pad_id,
                                   strategy="greedy", max_len=length, min_len=length - 1,
                                   stop_on_pad=False)
-    run = lambda gen=gen: jax.block_until_ready(decode.generate(model, params, images, gen))
+    run = lambda gen=gen: jax.block_until_ready(decode.generate(model, variables, images, gen))
     run()
     seconds[length] = common.median_seconds(run, runs)
   step_s = (seconds[max_len] - seconds[2]) / (max_len - 2)

@@ -1,6 +1,7 @@
 """The model's hand-written operations against the library ones they replace: the weight
-product with its CPU weight gradient (`coca_jax.model.linear`), layer normalisation with its
-closed-form gradient (`coca_jax.model.layer_norm`) and the exact GELU (`coca_jax.model.mlp`).
+product with its CPU weight gradient and decoding's few-row products over transposed copies
+(`coca_jax.model.linear`), layer normalisation with its closed-form gradient
+(`coca_jax.model.layer_norm`), the exact GELU and the Dense layer (`coca_jax.model.mlp`).
 Values and gradients must agree; the CPU weight gradient must actually reach YNNPACK, and
 accelerators must get the plain product."""
 import re
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from coca_jax.model.layer_norm import LayerNorm
-from coca_jax.model.linear import dot_general, linear
-from coca_jax.model.mlp import gelu
+from coca_jax.model import linear as linear_module
+from coca_jax.model.linear import linear
+from coca_jax.model.mlp import Dense, gelu
 
 # (x shape, kernel shape, contracting axes): the forms the model uses. The first has the
 # smaller x (its transpose is copied), the second the smaller gradient g, the third is
@@ -47,15 +49,48 @@ def test_linear_equals_dot_general_with_its_gradients(x_shape, kernel_shape, con
     np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
 
 
-def test_flax_dense_takes_linear_and_keeps_other_products():
-  x = jnp.ones((2, 3, 5))
-  dense = nn.Dense(4, dot_general=dot_general)
-  params = dense.init(jax.random.key(0), x)
-  np.testing.assert_allclose(dense.apply(params, x), nn.Dense(4).apply(params, x), rtol=1e-6)
-  # A product with batch axes is not linear's kind: it goes to lax.dot_general as given.
-  a, b = jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5))
-  dims = (((2,), (1,)), ((0,), (0,)))
-  np.testing.assert_array_equal(dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
+def test_dense_is_flax_dense():
+  """mlp.Dense keeps nn.Dense's params (names, shapes, initial values) and output."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5)), jnp.float32)
+  init = nn.initializers.normal(0.3)
+  ours = Dense(4, kernel_init=init, bias_init=init)
+  theirs = nn.Dense(4, kernel_init=init, bias_init=init)
+  params = ours.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, theirs.init(jax.random.key(0), x))
+  np.testing.assert_array_equal(params["params"]["kernel"],
+                                theirs.init(jax.random.key(0), x)["params"]["kernel"])
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch,few", [((1, 1), False), ((2, 1), True), ((4, 4), True),
+                                       ((17, 1), False)])
+def test_module_product_reads_the_transposed_copy_for_few_rows(batch, few):
+  """With the TRANSPOSED_KERNELS collection mutable, the module stores its kernel (out, in);
+  given back, products of 2-16 rows read that copy (a copy of zeros leaves the bias alone),
+  other row counts the kernel; the values are linear's."""
+  copies = linear_module.TRANSPOSED_KERNELS
+  x = jnp.asarray(np.random.default_rng(1).standard_normal(batch + (5,)), jnp.float32)
+  dense = Dense(3, kernel_init=nn.initializers.normal(1.0), bias_init=nn.initializers.ones)
+  params = dense.init(jax.random.key(0), x)["params"]
+  plain = dense.apply({"params": params}, x)
+  made, collections = dense.apply({"params": params}, x, mutable=[copies])
+  np.testing.assert_array_equal(collections[copies]["kernel"], params["kernel"].T)
+  np.testing.assert_allclose(made, plain, rtol=1e-5, atol=1e-6)
+  variables = {"params": params, **collections}
+  np.testing.assert_allclose(dense.apply(variables, x), plain, rtol=1e-5, atol=1e-6)
+  zeros = {"params": params, copies: {"kernel": jnp.zeros((3, 5))}}
+  expected = jnp.ones_like(plain) if few else plain
+  np.testing.assert_allclose(dense.apply(zeros, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_product_over_a_transposed_copy_contracts_several_axes():
+  """"...hk,hkd->...d" (the attention output) over its (d, h*k) copy."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 1, 4, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((4, 8, 24)), jnp.float32)
+  got = linear_module.product_transposed(x, kernel.reshape(32, 24).T, 2)
+  np.testing.assert_allclose(got, _reference(x, kernel, 2), rtol=1e-5, atol=1e-5)
 
 
 def _entry_computation(hlo_text):

@@ -4,7 +4,9 @@ Everything (image encoder, the first step, the loop) runs in ONE jitted function
 images. Each step feeds one new token through the unimodal text layers (no CLS token) and the
 multimodal decoder (`CoCa.decode_step`); the cross-attention keys and values are computed once
 per image at the first step and shared by its beams. The loop (`jax.lax.while_loop`) stops when
-every caption (or every image's beam search) is done.
+every caption (or every image's beam search) is done. On CPU, when a step has 2-16 rows (images
+times beams), the first step also stores the text towers' kernels transposed, which the later
+steps' products read at twice the speed (`coca_jax.model.linear`).
 
 The rules follow open_clip 3.3.0's `CoCa.generate`, so its captions can be reproduced:
   * a caption is [start, tokens..., end, pad, ...]; `max_len` counts every token, the start
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coca_jax.model import linear
 from coca_jax.model.coca import CoCa, empty_decode_cache
 from coca_jax.model.config import ModelConfig, from_dict
 
@@ -182,7 +185,8 @@ def generate(model, params, images, config: GenerationConfig, rng=None) -> Capti
 
   Args:
     model: a `CoCa` module, or its model config (`ModelConfig`, ConfigDict or dict).
-    params: the params tree, or the {"params": ...} variables dict.
+    params: the params tree, or the {"params": ...} variables dict, or what
+      `with_transposed_kernels` returned (faster on CPU when called again and again).
     images: (B, H, W, 3) float32, normalised as for `CoCa.encode_image`.
     config: how to generate; checked and completed against the model by `resolve`.
     rng: a jax.random key; required by strategy "sample", unused otherwise.
@@ -195,7 +199,7 @@ def generate(model, params, images, config: GenerationConfig, rng=None) -> Capti
       shape than the model's.
   """
   run = _compiled(_model_config(model), config, "images")
-  return run(_params(params), images, _key(rng, config))
+  return run(_variables(params), images, _key(rng, config))
 
 
 def generate_from_image_tokens(model, params, image_tokens, config: GenerationConfig,
@@ -204,16 +208,58 @@ def generate_from_image_tokens(model, params, image_tokens, config: GenerationCo
   `CoCa.encode_image` returned (so the image encoder runs once for embeddings and captions).
   Otherwise as `generate`: `Captions` of tokens (B, max_len) int32 and scores (B,) float32."""
   run = _compiled(_model_config(model), config, "image_tokens")
-  return run(_params(params), image_tokens, _key(rng, config))
+  return run(_variables(params), image_tokens, _key(rng, config))
+
+
+def with_transposed_kernels(model, params) -> dict:
+  """The variables for `generate` on CPU with the text towers' kernels already transposed
+  (collection `coca_jax.model.linear.TRANSPOSED_KERNELS`), made once here rather than at the
+  first step of every call (coca_ViT-B-32 on a 2-core CPU: about 0.4 s a call). Steps of
+  2-16 rows (images times beams) read them. They hold the text towers' size again in memory.
+
+  Args:
+    model: a `CoCa` module, or its model config.
+    params: the params tree, or the {"params": ...} variables dict.
+
+  Returns:
+    {"params": params, TRANSPOSED_KERNELS: {...}} on CPU; {"params": params} elsewhere.
+  """
+  variables = _variables(params)
+  if jax.default_backend() != "cpu":
+    return {"params": variables["params"]}
+  return {"params": variables["params"],
+          **_transposer(_model_config(model))(variables["params"])}
+
+
+@functools.lru_cache(maxsize=16)
+def _transposer(model_config: ModelConfig):
+  """A jitted params -> {TRANSPOSED_KERNELS: ...}: a first decoding step on stand-in inputs,
+  with the collection mutable, so that exactly the copies the steps read are made."""
+  model = CoCa(model_config)
+  size = model_config.vision.image_size
+
+  def make(params):
+    variables = {"params": params}
+    tokens = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)),
+                                                  method=CoCa.encode_image)[1], variables)
+    _, made = model.apply(
+        variables, jnp.zeros((2, 2), jnp.int32), 0, empty_decode_cache(model_config, 2, 2),
+        jnp.zeros((2,) + tokens.shape[1:], tokens.dtype), method=CoCa.decode_step,
+        mutable=[linear.TRANSPOSED_KERNELS])
+    return made
+  return jax.jit(make)
 
 
 def _model_config(model) -> ModelConfig:
   return model.cfg if isinstance(model, CoCa) else from_dict(model)
 
 
-def _params(params):
-  """Accepts the params tree or the {"params": ...} variables dict."""
-  return params["params"] if set(params) == {"params"} else params
+def _variables(params):
+  """{"params": ...} (and TRANSPOSED_KERNELS when given) from the params tree or a variables
+  dict."""
+  if "params" in params and set(params) <= {"params", linear.TRANSPOSED_KERNELS}:
+    return dict(params)
+  return {"params": params}
 
 
 def _key(rng, config):
@@ -229,8 +275,7 @@ def _compiled(model_config: ModelConfig, config: GenerationConfig, inputs: str):
   config = resolve(config, model_config)
   model = CoCa(model_config)
 
-  def run(params, x, rng):
-    variables = {"params": params}
+  def run(variables, x, rng):
     if inputs == "images":
       _, x = model.apply(variables, x, method=CoCa.encode_image)
     return _generate(model, variables, config, x, rng)
@@ -240,9 +285,17 @@ def _compiled(model_config: ModelConfig, config: GenerationConfig, inputs: str):
 def _generate(model, variables, config, image_tokens, rng):
   b, length = image_tokens.shape[0], config.max_len
   tokens = jnp.full((b, length), config.pad_id, jnp.int32).at[:, 0].set(config.start_id)
-  # The first step, one row per image, also caches the image's cross-attention keys/values.
-  logits, cache = model.apply(variables, tokens, 0, empty_decode_cache(model.cfg, b, length),
-                              image_tokens, method=CoCa.decode_step)
+  # The first step, one row per image, also caches the image's cross-attention keys/values;
+  # on CPU, with few rows per later step, it also stores the text towers' kernels transposed
+  # for the steps' products (`coca_jax.model.linear.module_product`), unless they were given
+  # (`with_transposed_kernels`).
+  rows = b * (config.num_beams if config.strategy == "beam" else 1)
+  few_rows = (jax.default_backend() == "cpu" and linear.TRANSPOSED_KERNELS not in variables
+              and linear.FEW_ROWS[0] <= rows <= linear.FEW_ROWS[1])
+  (logits, cache), made = model.apply(
+      variables, tokens, 0, empty_decode_cache(model.cfg, b, length), image_tokens,
+      method=CoCa.decode_step, mutable=[linear.TRANSPOSED_KERNELS] if few_rows else [])
+  variables = {**variables, **made}
 
   def step(tokens, index, cache):
     return model.apply(variables, tokens, index, cache, method=CoCa.decode_step)

@@ -10,7 +10,8 @@
   blocks.py          pre-LayerNorm layers, and the stack that runs them scanned or unrolled
   attention.py       multi-head attention, with the decoding caches
   mlp.py             the transformer MLP and its exact GELU (closed-form gradient)
-  linear.py          products with a weight (x . W), whose weight gradient XLA:CPU runs fast
+  linear.py          products with a weight (x . W): a weight gradient XLA:CPU runs fast, and
+                     decoding's products of few rows from kernels stored (out, in)
   layer_norm.py      layer normalisation with its closed-form gradient (flax's params)
   partitioning.py    logical axis names of params and activations
   layer_stacking.py  params converted between scanned and unrolled layers

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from coca_jax.model import partitioning as P
-from coca_jax.model.linear import linear
+from coca_jax.model.linear import few_rows, module_product, product_transposed, transposed_copy
 
 
 class HeadsProjection(nn.Module):
@@ -26,7 +26,8 @@ class HeadsProjection(nn.Module):
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     kernel = self.param("kernel", P.param_init(init, ("embed", "heads", "kv")),
                         (x.shape[-1], self.num_heads, self.head_dim), jnp.float32)
-    y = linear(x.astype(self.dtype), kernel.astype(self.dtype))  # "...d,dhk->...hk"
+    # "...d,dhk->...hk"
+    y = module_product(self, x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias = self.param("bias", P.param_init(nn.initializers.zeros, ("heads", "kv")),
                         (self.num_heads, self.head_dim), jnp.float32)
@@ -46,7 +47,8 @@ class OutputProjection(nn.Module):
                         x.shape[-2:] + (self.width,), jnp.float32)
     bias = self.param("bias", P.param_init(nn.initializers.zeros, ("embed",)), (self.width,),
                       jnp.float32)
-    y = linear(x.astype(self.dtype), kernel.astype(self.dtype), 2)  # "...hk,hkd->...d"
+    # "...hk,hkd->...d"
+    y = module_product(self, x.astype(self.dtype), kernel.astype(self.dtype), 2)
     return y + bias.astype(self.dtype)
 
 
@@ -105,11 +107,34 @@ class MultiHeadAttention(nn.Module):
     if cache is None:
       return _attend(layers, inputs_q, inputs_kv, mask, self.implementation)
     if "index" in cache:
+      qkv = self._decoding_qkv(inputs_q, head_dim) if inputs_q is inputs_kv else None
       return _attend_with_self_cache(layers, inputs_q, inputs_kv, mask, cache,
-                                     self.implementation)
+                                     self.implementation, qkv)
     if mask is not None:
       raise ValueError("cross-attention to stored keys/values takes no mask")
     return _attend_to_stored_cross(layers, inputs_q, inputs_kv, cache)
+
+  def _decoding_qkv(self, x, head_dim):
+    """Decoding's self-attention queries, keys and values (B, T, H, head_dim) each, from x
+    (B, T, D), in one product over one (3 * H * head_dim, D) copy of the three kernels
+    (`coca_jax.model.linear.transposed_copy`, variable "qkv"): three products over one input
+    would share one broadcast of it, which XLA:CPU writes out whole. None without that copy
+    or with more rows than `few_rows` takes; the projections then run one by one."""
+    params = self.variables["params"]
+
+    def kernel_t(name):  # (H * head_dim, D)
+      return nn.unbox(params[name]["kernel"]).astype(self.dtype).reshape(x.shape[-1], -1).T
+
+    qkv_t = transposed_copy(self, "qkv", lambda: jnp.concatenate(
+        [kernel_t("query"), kernel_t("key"), kernel_t("value")]))
+    if qkv_t is None or not few_rows(x):
+      return None
+    y = product_transposed(x.astype(self.dtype), qkv_t)
+    y = y.reshape(x.shape[:-1] + (3, self.num_heads, head_dim))
+    if self.use_bias:
+      biases = [nn.unbox(params[name]["bias"]) for name in ("query", "key", "value")]
+      y = y + jnp.stack(biases).astype(self.dtype)
+    return y[..., 0, :, :], y[..., 1, :, :], y[..., 2, :, :]
 
 
 class _Projections(NamedTuple):
@@ -129,7 +154,7 @@ def _attend(layers: _Projections, inputs_q, inputs_kv, mask, implementation):
 
 
 def _attend_with_self_cache(layers: _Projections, inputs_q, inputs_kv, mask, cache,
-                            implementation):
+                            implementation, qkv=None):
   """Decoding's self-attention: the new position(s) of inputs_kv (B, T, D) are written into
   copies of the cached keys and values (B, S, H, D) at `cache["index"]` (int32 scalar), and the
   queries attend to all S rows; `mask` (bool, broadcastable to (B, 1, T, S)) hides the rows not
@@ -137,10 +162,12 @@ def _attend_with_self_cache(layers: _Projections, inputs_q, inputs_kv, mask, cac
 
   Returns (out (B, T, width), {"key", "value"}: inputs_kv's own (B, T, H, D)); the caller stores
   them at `index`, so that the stacked caches of all layers are updated in place once per step
-  (`coca_jax.model.blocks.store`) rather than copied per layer.
+  (`coca_jax.model.blocks.store`) rather than copied per layer. `qkv`: the queries, keys and
+  values already projected (`MultiHeadAttention._decoding_qkv`), else projected here.
   """
-  q = layers.query(inputs_q)
-  k, v = layers.key(inputs_kv), layers.value(inputs_kv)
+  if qkv is None:
+    qkv = layers.query(inputs_q), layers.key(inputs_kv), layers.value(inputs_kv)
+  q, k, v = qkv
   write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
       c, x.astype(c.dtype), cache["index"], axis=1)
   out = _dot_product_attention(layers, q, write(cache["key"], k), write(cache["value"], v),

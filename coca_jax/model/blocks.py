@@ -15,6 +15,7 @@ from coca_jax.model import partitioning as P
 from coca_jax.model.attention import MultiHeadAttention
 from coca_jax.model.config import ModelConfig
 from coca_jax.model.layer_norm import LayerNorm
+from coca_jax.model.linear import TRANSPOSED_KERNELS
 from coca_jax.model.mlp import Mlp
 
 REMAT_POLICIES = {
@@ -172,7 +173,7 @@ def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache
   if cache is not None:
     aux = aux + (index,)
   if cfg.scan_layers:
-    stack = nn.scan(layer_cls, variable_axes={"params": 0},
+    stack = nn.scan(layer_cls, variable_axes={"params": 0, TRANSPOSED_KERNELS: 0},
                     split_rngs={"params": True, "dropout": True},
                     in_axes=nn.broadcast if cache is None else (nn.broadcast, 0),
                     length=depth, metadata_params={nn.PARTITION_NAME: "layers"})

@@ -9,10 +9,23 @@ took 1.9x as long on a (2080, 256) x (2080, 1024) weight gradient on one AVX2 co
 kept as a copy by an optimization barrier (XLA would fold a bare transpose back into the
 product). TPUs and GPUs read either operand layout at full speed and get the plain
 `lax.dot_general` (`lax.platform_dependent` picks the branch when the program is lowered).
+
+Decoding multiplies every weight by a handful of rows (one per caption), so a step is bound by
+how fast the weights are read. XLA:CPU's products of 2-16 rows read an (in, out) kernel at a
+quarter to a third of memory bandwidth, whatever its layout (2-core AVX2 EPYC: 4.6 GB/s at 4
+rows), whereas a multiply-and-sum over a copy stored (out, in), each output a sum along
+contiguous memory, reads it at 9.8-13.2 GB/s for 2-8 rows (equal at 24; one row is a
+matrix-vector product that XLA already runs at 18 GB/s; `benchmarks/results/README.md`).
+So decoding's first step on CPU stores the text towers' kernels transposed in the Flax
+collection TRANSPOSED_KERNELS (`coca_jax.inference.decode`), and `module_product` reads them
+for products of FEW_ROWS rows: coca_ViT-B-32's decoding step at batch 4 went from 124 to 57
+ms. Without the collection, and on TPU/GPU, every product is `linear`'s.
 """
 import functools
+import math
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -28,18 +41,57 @@ def linear(x: jax.Array, kernel: jax.Array, contracting: int = 1) -> jax.Array:
       default=functools.partial(_product, contracting))
 
 
-def dot_general(lhs, rhs, dimension_numbers, precision=None,
-                preferred_element_type: Optional[jnp.dtype] = None):
-  """`lax.dot_general`'s signature, for `flax.linen.Dense(dot_general=...)`: products of the
-  kind `linear` takes (no batch axes, lhs's trailing axes with rhs's leading ones, default
-  precision and result type) go through it, any other to `lax.dot_general` unchanged."""
-  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  n = len(lhs_contract)
-  if (lhs_batch or rhs_batch or precision is not None or preferred_element_type is not None
-      or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim))
-      or tuple(rhs_contract) != tuple(range(n))):
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
-  return linear(lhs, rhs, n)
+# A Flax collection: modules' kernels stored (out, in), for decoding's products of few rows.
+TRANSPOSED_KERNELS = "transposed_kernels"
+FEW_ROWS = (2, 16)  # the row counts (product of x's batch axes) that read those copies on CPU
+
+
+def transposed_copy(module: nn.Module, name: str, make) -> Optional[jax.Array]:
+  """`module`'s variable `name` in TRANSPOSED_KERNELS: made by `make()` (an (out, in) array,
+  the compute dtype) when that collection is mutable (decoding's first step; never at init,
+  where every collection is), read when present; None when it is neither (training,
+  encoding, decoding on TPU/GPU)."""
+  if ((module.is_mutable_collection(TRANSPOSED_KERNELS) and not module.is_initializing())
+      or module.has_variable(TRANSPOSED_KERNELS, name)):
+    return module.variable(TRANSPOSED_KERNELS, name, make).value
+  return None
+
+
+def few_rows(x: jax.Array, contracting: int = 1) -> bool:
+  """Whether x (*batch, *in), any dtype, has FEW_ROWS rows (the product of its batch axes)."""
+  return FEW_ROWS[0] <= math.prod(x.shape[:x.ndim - contracting]) <= FEW_ROWS[1]
+
+
+def product_transposed(x: jax.Array, kernel_t: jax.Array, contracting: int = 1) -> jax.Array:
+  """x (*batch, *in) . kernel_t (out, prod(in))^T -> (*batch, out) in x's dtype: on CPU a
+  multiply-and-sum along kernel_t's contiguous rows, in float32 for any dtype (see the module
+  docstring); elsewhere the product. No gradient is defined for it (decoding only)."""
+  batch = x.shape[:x.ndim - contracting]
+  rows = x.reshape(-1, kernel_t.shape[1])
+
+  def multiply_and_sum(rows, kernel_t):
+    y = jnp.sum(kernel_t[None].astype(jnp.float32) * rows[:, None, :].astype(jnp.float32),
+                axis=-1)
+    return y.astype(rows.dtype)
+
+  y = lax.platform_dependent(rows, kernel_t, cpu=multiply_and_sum,
+                             default=lambda rows, kernel_t: rows @ kernel_t.T)
+  return y.reshape(batch + kernel_t.shape[:1])
+
+
+def module_product(module: nn.Module, x: jax.Array, kernel: jax.Array, contracting: int = 1,
+                   name: str = "kernel") -> jax.Array:
+  """`linear(x, kernel, contracting)` for `module`'s kernel, except that with a
+  TRANSPOSED_KERNELS copy of it (variable `name`, made here at decoding's first step: kernel
+  (prod(in), prod(out)) transposed, in kernel's dtype) and FEW_ROWS rows of x it is
+  `product_transposed` over that copy. x (*batch, *in) -> (*batch, *out), kernel's dtype
+  (the compute dtype) for both; equal to `linear` up to float32 summation order."""
+  n_in = math.prod(kernel.shape[:contracting])
+  kernel_t = transposed_copy(module, name, lambda: kernel.reshape(n_in, -1).T)
+  if kernel_t is None or not few_rows(x, contracting):
+    return linear(x, kernel, contracting)
+  y = product_transposed(x, kernel_t, contracting)
+  return y.reshape(y.shape[:-1] + kernel.shape[contracting:])
 
 
 def _product(contracting, x, kernel):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from coca_jax.model import partitioning as P
-from coca_jax.model.linear import dot_general
+from coca_jax.model.linear import module_product
 
 
 @jax.custom_vjp
@@ -41,6 +41,23 @@ def _gelu_backward(x, g):
 gelu.defvjp(_gelu_forward, _gelu_backward)
 
 
+class Dense(nn.Module):
+  """x (..., in) . kernel (in, features) + bias, both float32 params, computed in `dtype`
+  through `module_product` (nn.Dense's params, names and initialisation; its product gets
+  linear's fast CPU weight gradient and decoding's few-row path)."""
+  features: int
+  kernel_init: Any
+  bias_init: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    y = module_product(self, x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class Mlp(nn.Module):
   """fc1 (width -> hidden_dim), GELU, fc2 (hidden_dim -> width): x (B, T, width) in `dtype`.
 
@@ -54,16 +71,14 @@ class Mlp(nn.Module):
   def __call__(self, x):
     """x (B, T, width), float -> (B, T, width) in `dtype`."""
     width = x.shape[-1]
-    x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 dot_general=dot_general,  # a fast weight gradient on CPU
-                 kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),
-                 bias_init=P.param_init(nn.initializers.normal(1e-6), ("mlp",)),
-                 name="fc1")(x)
+    x = Dense(self.hidden_dim, dtype=self.dtype,
+              kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+              bias_init=P.param_init(nn.initializers.normal(1e-6), ("mlp",)),
+              name="fc1")(x)
     x = P.constrain(x, ("act_batch", "act_len", "act_mlp"))
     x = gelu(x) if self.exact_gelu else nn.gelu(x, approximate=True)
-    x = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,
-                 dot_general=dot_general,
-                 kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("mlp", "embed")),
-                 bias_init=P.param_init(nn.initializers.normal(1e-6), ("embed",)),
-                 name="fc2")(x)
+    x = Dense(width, dtype=self.dtype,
+              kernel_init=P.param_init(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+              bias_init=P.param_init(nn.initializers.normal(1e-6), ("embed",)),
+              name="fc2")(x)
     return P.constrain(x, ("act_batch", "act_len", "act_embed"))

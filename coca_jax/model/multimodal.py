@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from coca_jax.model import partitioning as P
 from coca_jax.model.blocks import MultimodalLayer, compute_dtype, layer_norm, run_layers
 from coca_jax.model.config import ModelConfig
-from coca_jax.model.linear import linear
+from coca_jax.model.linear import module_product
 
 
 class MultimodalDecoder(nn.Module):
@@ -47,7 +47,7 @@ class MultimodalDecoder(nn.Module):
       proj = self.param("proj", P.param_init(nn.initializers.normal(cfg.text.width ** -0.5),
                                              ("embed", "vocab")),
                         (cfg.text.width, cfg.text.vocab_size), jnp.float32)
-    logits = linear(x, proj.astype(dtype))
+    logits = module_product(self, x, proj.astype(dtype), name="proj")
     if return_states:
       return logits.astype(jnp.float32), x, proj.astype(dtype)
     logits = P.constrain(logits.astype(jnp.float32), ("act_batch", "act_len", "act_vocab"))
