@@ -215,7 +215,8 @@ def with_transposed_kernels(model, params) -> dict:
   """The variables for `generate` on CPU with the text towers' kernels already transposed
   (collection `coca_jax.model.linear.TRANSPOSED_KERNELS`), made once here rather than at the
   first step of every call (coca_ViT-B-32 on a 2-core CPU: about 0.4 s a call). Steps of
-  2-16 rows (images times beams) read them. They hold the text towers' size again in memory.
+  2-16 rows (images times beams) read them, not the params' kernels: make them again whenever
+  the params change. They hold the text towers' size again in memory.
 
   Args:
     model: a `CoCa` module, or its model config.
