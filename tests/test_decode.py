@@ -112,6 +112,21 @@ def test_cached_steps_equal_full_forward(setup):
   np.testing.assert_allclose(rest, full[:, 1:], atol=1e-5, rtol=1e-5)
 
 
+def test_a_step_writes_each_cache_once_and_no_layer_copies_its_own(paper):
+  """The step's self-attention reads every layer's cached keys/values where they lie: the only
+  writes are the stacked caches' updates (keys and values of each tower), however many layers;
+  a layer that wrote its new position into a copy of its cache would add two per layer."""
+  model, variables, images = paper
+  tokens = image_tokens(model, variables, images[:2])
+  cache = coca_jax.model.empty_decode_cache(model.cfg, 2, MAX_LEN)
+  _, cache = model.apply(variables, jnp.full((2, MAX_LEN), BOS), 0, cache, tokens,
+                         method=model.decode_step)
+  step = jax.jit(lambda v, t, c: model.apply(v, t, 1, c, method=model.decode_step))
+  text = step.lower(variables, jnp.full((2, MAX_LEN), BOS), cache).as_text()
+  assert model.cfg.text.depth + model.cfg.decoder.depth > 2
+  assert text.count("stablehlo.dynamic_update_slice") == 4
+
+
 # --- greedy against recomputing the prefix ---------------------------------------------------
 
 def reference_greedy(model, variables, images, cfg):
@@ -399,13 +414,13 @@ def _lowered_sha256(strategy, **settings):
 
 
 # The lowered programs (no debug info) with the repetition controls off, as they were before
-# the controls existed; pinned again whenever the model's own lowering changes (last: on CPU,
-# decoding's products of few rows over the kernels' transposed copies, `coca_jax.model.linear`,
-# which every strategy here takes: 2 images, 3 beams), never for a change in the controls.
+# the controls existed; pinned again whenever the model's own lowering changes (last:
+# decoding's self-attention reads its (B, H, S, D) cache in place,
+# `coca_jax.model.attention._attend_with_self_cache`), never for a change in the controls.
 LOWERED_BEFORE = {
-    "greedy": "890acdfcd6618ae905672b9be5ef8a5052b2200f6665d9512a2fc654f26211bc",
-    "beam": "9f1a3ca0cc45e6ee858a76c425708aa4859567e39c8a85d3c1e0a451c6bd8152",
-    "sample": "75c1e69069bed99016df1743fffe4efd759fae48b51ba23a2c538bbc7bfa6f1c",
+    "greedy": "884524f89c4546f9ce39b13d4ebf16f91aadbdde5c2fbbe58d22d0241bcbeb6d",
+    "beam": "a13a74bbae1b079647d0946acacf0f95be8c406c9f0c4c9e574ef0b83fbddc25",
+    "sample": "b41658345e0229e9db29df5b28b4dcf00dfef233619a26c74121fd4c55401c4e",
 }
 
 

@@ -155,24 +155,50 @@ def _attend(layers: _Projections, inputs_q, inputs_kv, mask, implementation):
 
 def _attend_with_self_cache(layers: _Projections, inputs_q, inputs_kv, mask, cache,
                             implementation, qkv=None):
-  """Decoding's self-attention: the new position(s) of inputs_kv (B, T, D) are written into
-  copies of the cached keys and values (B, S, H, D) at `cache["index"]` (int32 scalar), and the
-  queries attend to all S rows; `mask` (bool, broadcastable to (B, 1, T, S)) hides the rows not
-  yet written.
+  """Decoding's self-attention: the queries of the new position(s) of inputs_kv (B, T, D), at
+  `cache["index"]` (int32 scalar) onwards, attend to the cached keys and values (B, H, S, D)
+  of the earlier positions and to their own keys and values; `mask` (bool, broadcastable to
+  (B, 1, T, S)) says which positions each query may see, as for the whole sequence.
+
+  The cache is read where it lies, never written here: writing the new rows into a copy of
+  each layer's cache for `jax.nn.dot_product_attention` moved every layer's cache once per step
+  (twice on CPU, where the product wanted it transposed). Its (B, H, S, D) layout is the one
+  both products take as it is. Scores are float32 and masked as in
+  `jax.nn.dot_product_attention`'s XLA implementation (so an all-masked row averages, as there),
+  over the cached rows before `index` and the new rows, in one softmax. `implementation` is
+  unused here.
 
   Returns (out (B, T, width), {"key", "value"}: inputs_kv's own (B, T, H, D)); the caller stores
   them at `index`, so that the stacked caches of all layers are updated in place once per step
   (`coca_jax.model.blocks.store`) rather than copied per layer. `qkv`: the queries, keys and
   values already projected (`MultiHeadAttention._decoding_qkv`), else projected here.
   """
+  del implementation
   if qkv is None:
     qkv = layers.query(inputs_q), layers.key(inputs_kv), layers.value(inputs_kv)
   q, k, v = qkv
-  write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(
-      c, x.astype(c.dtype), cache["index"], axis=1)
-  out = _dot_product_attention(layers, q, write(cache["key"], k), write(cache["value"], v),
-                               mask, implementation)
-  return out, {"key": k, "value": v}
+  keys, values, index = cache["key"], cache["value"], cache["index"]
+  t, s, head_dim = q.shape[1], keys.shape[2], q.shape[-1]
+  mask = jnp.broadcast_to(jnp.ones((), bool) if mask is None else mask, (q.shape[0], 1, t, s))
+  f32 = jnp.promote_types(q.dtype, jnp.float32)
+  scale = jnp.asarray(head_dim ** -0.5, f32)
+  # (B, H, T, S): cached rows from `index` on are not written yet (the new rows take them).
+  cached = jnp.einsum("bthd,bhsd->bhts", q, keys, preferred_element_type=f32) * scale
+  own = jnp.einsum("bthd,buhd->bhtu", q, k.astype(keys.dtype), preferred_element_type=f32) * scale
+  scores = jnp.concatenate(
+      [jnp.where(mask & (jnp.arange(s) < index), cached, _LARGE_NEGATIVE),
+       jnp.where(jax.lax.dynamic_slice_in_dim(mask, index, t, axis=3), own, _LARGE_NEGATIVE)],
+      axis=3)
+  probs = jax.nn.softmax(scores, axis=3).astype(values.dtype)
+  out = (jnp.einsum("bhts,bhsd->bthd", probs[..., :s], values, preferred_element_type=f32)
+         + jnp.einsum("bhtu,buhd->bthd", probs[..., s:], v.astype(values.dtype),
+                      preferred_element_type=f32))
+  out = layers.out(out.astype(values.dtype))
+  return P.constrain(out, ("act_batch", "act_len", "act_embed")), {"key": k, "value": v}
+
+
+# jax.nn.dot_product_attention's fill for masked float32 scores.
+_LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def _attend_to_stored_cross(layers: _Projections, inputs_q, inputs_kv, cache):

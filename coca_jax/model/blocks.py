@@ -160,7 +160,7 @@ def run_layers(layer_cls, depth: int, cfg: ModelConfig, name: str, x, aux, cache
     aux: inputs every layer shares: (mask,) or (mask, image tokens); see the layers.
     cache: decoding's key/value caches, every leaf with a leading layer axis, scanned or not (one
       layout for `coca_jax.inference.decode`): self-attention keys/values
-      (layers, B, S, heads, head_dim); layer i reads slice i.
+      (layers, B, heads, S, head_dim); layer i reads slice i.
     index: int32 scalar (), the position being decoded (with `cache`).
     **layer_kwargs: the layer's other attributes (num_heads, mlp_dim, ...).
 
@@ -201,12 +201,13 @@ def store(cache, new, index):
   `index` in one update of the stacked arrays (in place: copying per layer would move the whole
   cache once per layer and step); cross-attention ones (first step) kept whole.
 
-  cache["self"] leaves are (layers, B, S, heads, head_dim), new["self"] ones
+  cache["self"] leaves are (layers, B, heads, S, head_dim), new["self"] ones
   (layers, B, 1, heads, head_dim), cast to the cache's dtype; index is an int32 scalar ().
   """
   cache = dict(cache)
   cache["self"] = jax.tree.map(
-      lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), index, axis=2),
+      lambda c, x: jax.lax.dynamic_update_slice_in_dim(
+          c, jnp.swapaxes(x, 2, 3).astype(c.dtype), index, axis=3),
       cache["self"], new["self"])
   if "cross" in new:
     cache["cross"] = new["cross"]

@@ -24,13 +24,13 @@ def l2_normalize(x, eps=1e-12):
 
 
 def empty_decode_cache(cfg: ModelConfig, batch: int, length: int) -> Dict[str, Any]:
-  """Self-attention key/value caches for `CoCa.decode_step`, zeros, (layers, batch, length,
-  heads, head_dim) whether layers are scanned or not. The first step adds the decoder's
+  """Self-attention key/value caches for `CoCa.decode_step`, zeros, (layers, batch, heads,
+  length, head_dim) whether layers are scanned or not. The first step adds the decoder's
   cross-attention keys/values ("cross", one row per image)."""
   dtype = compute_dtype(cfg)
 
   def kv(depth, heads):
-    shape = (depth, batch, length, heads, cfg.text.width // heads)
+    shape = (depth, batch, heads, length, cfg.text.width // heads)
     return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
   return {"text": {"self": kv(cfg.text.depth, cfg.text.num_heads)},
           "decoder": {"self": kv(cfg.decoder.depth, cfg.decoder.num_heads)}}

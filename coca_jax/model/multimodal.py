@@ -36,7 +36,7 @@ class MultimodalDecoder(nn.Module):
       x = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
                      (causal, image_tokens.astype(dtype)), **layer_kwargs)
     else:
-      causal = jnp.arange(cache["self"]["key"].shape[2]) <= index  # keys written so far
+      causal = jnp.arange(cache["self"]["key"].shape[3]) <= index  # keys written so far
       context = None if image_tokens is None else image_tokens.astype(dtype)
       x, cache = run_layers(MultimodalLayer, d.depth, cfg, "layers", x.astype(dtype),
                             (causal, context), cache=cache, index=index, **layer_kwargs)
