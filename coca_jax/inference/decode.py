@@ -226,7 +226,7 @@ def with_transposed_kernels(model, params) -> dict:
     {"params": params, TRANSPOSED_KERNELS: {...}} on CPU; {"params": params} elsewhere.
   """
   variables = _variables(params)
-  if jax.default_backend() != "cpu":
+  if not _transposes_kernels():
     return {"params": variables["params"]}
   return {"params": variables["params"],
           **_transposer(_model_config(model))(variables["params"])}
@@ -249,6 +249,11 @@ def _transposer(model_config: ModelConfig):
         mutable=[linear.TRANSPOSED_KERNELS])
     return made
   return jax.jit(make)
+
+
+def _transposes_kernels() -> bool:
+  """Whether decoding here reads transposed kernels (`coca_jax.model.linear`): on CPU only."""
+  return jax.default_backend() == "cpu"
 
 
 def _model_config(model) -> ModelConfig:
@@ -291,8 +296,8 @@ def _generate(model, variables, config, image_tokens, rng):
   # for the steps' products (`coca_jax.model.linear.module_product`), unless they were given
   # (`with_transposed_kernels`).
   rows = b * (config.num_beams if config.strategy == "beam" else 1)
-  few_rows = (jax.default_backend() == "cpu" and linear.TRANSPOSED_KERNELS not in variables
-              and linear.FEW_ROWS[0] <= rows <= linear.FEW_ROWS[1])
+  few_rows = (_transposes_kernels() and linear.TRANSPOSED_KERNELS not in variables
+              and linear.few_rows(rows))
   (logits, cache), made = model.apply(
       variables, tokens, 0, empty_decode_cache(model.cfg, b, length), image_tokens,
       method=CoCa.decode_step, mutable=[linear.TRANSPOSED_KERNELS] if few_rows else [])

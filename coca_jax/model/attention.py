@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from coca_jax.model import partitioning as P
-from coca_jax.model.linear import few_rows, module_product, product_transposed, transposed_copy
+from coca_jax.model.linear import (few_rows, module_product, product_transposed,
+                                   row_count, transposed_copy)
 
 
 class HeadsProjection(nn.Module):
@@ -127,7 +128,7 @@ class MultiHeadAttention(nn.Module):
 
     qkv_t = transposed_copy(self, "qkv", lambda: jnp.concatenate(
         [kernel_t("query"), kernel_t("key"), kernel_t("value")]))
-    if qkv_t is None or not few_rows(x):
+    if qkv_t is None or not few_rows(row_count(x)):
       return None
     y = product_transposed(x.astype(self.dtype), qkv_t)
     y = y.reshape(x.shape[:-1] + (3, self.num_heads, head_dim))

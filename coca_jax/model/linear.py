@@ -57,9 +57,14 @@ def transposed_copy(module: nn.Module, name: str, make) -> Optional[jax.Array]:
   return None
 
 
-def few_rows(x: jax.Array, contracting: int = 1) -> bool:
-  """Whether x (*batch, *in), any dtype, has FEW_ROWS rows (the product of its batch axes)."""
-  return FEW_ROWS[0] <= math.prod(x.shape[:x.ndim - contracting]) <= FEW_ROWS[1]
+def row_count(x: jax.Array, contracting: int = 1) -> int:
+  """The rows of a product of x (*batch, *in), any dtype: the product of its batch axes (int)."""
+  return math.prod(x.shape[:x.ndim - contracting])
+
+
+def few_rows(count: int) -> bool:
+  """Whether a product of `count` rows reads the transposed copies (FEW_ROWS, on CPU)."""
+  return FEW_ROWS[0] <= count <= FEW_ROWS[1]
 
 
 def product_transposed(x: jax.Array, kernel_t: jax.Array, contracting: int = 1) -> jax.Array:
@@ -88,7 +93,7 @@ def module_product(module: nn.Module, x: jax.Array, kernel: jax.Array, contracti
   (the compute dtype) for both; equal to `linear` up to float32 summation order."""
   n_in = math.prod(kernel.shape[:contracting])
   kernel_t = transposed_copy(module, name, lambda: kernel.reshape(n_in, -1).T)
-  if kernel_t is None or not few_rows(x, contracting):
+  if kernel_t is None or not few_rows(row_count(x, contracting)):
     return linear(x, kernel, contracting)
   y = product_transposed(x, kernel_t, contracting)
   return y.reshape(y.shape[:-1] + kernel.shape[contracting:])
