@@ -1,4 +1,6 @@
-"""Multi-head attention through jax.nn.dot_product_attention, with logical axis names.
+"""Multi-head attention with logical axis names: through jax.nn.dot_product_attention without
+a cache (training, encoding, a full forward pass); decoding's steps attend to their caches
+where they lie (`_attend_with_self_cache`, `_attend_to_stored_cross`).
 
 Queries, keys and values are separate projections (not one fused qkv kernel) so that the
 key/value input may be wider than the query, as in the attentional pooler.
@@ -65,7 +67,8 @@ class MultiHeadAttention(nn.Module):
     width: output and query-projection width; default: the query input's width.
     use_bias: biases on the query, key and value projections (the output one always has one).
     dtype: compute dtype; params are float32.
-    implementation: `jax.nn.dot_product_attention`'s ("xla", "cudnn"; None: JAX chooses).
+    implementation: `jax.nn.dot_product_attention`'s ("xla", "cudnn"; None: JAX chooses);
+      unused by decoding's steps.
   """
   num_heads: int
   width: Optional[int] = None  # output and query-projection width; default: query input width
