@@ -25,12 +25,15 @@ class HeadsProjection(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, with_copy: bool = True):
+    """x (..., in) -> (..., heads, head_dim) in `dtype`. `with_copy`: as in
+    `coca_jax.model.linear.module_product` (False where decoding's steps never read one)."""
     init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     kernel = self.param("kernel", P.param_init(init, ("embed", "heads", "kv")),
                         (x.shape[-1], self.num_heads, self.head_dim), jnp.float32)
     # "...d,dhk->...hk"
-    y = module_product(self, x.astype(self.dtype), kernel.astype(self.dtype))
+    y = module_product(self, x.astype(self.dtype), kernel.astype(self.dtype),
+                       with_copy=with_copy)
     if self.use_bias:
       bias = self.param("bias", P.param_init(nn.initializers.zeros, ("heads", "kv")),
                         (self.num_heads, self.head_dim), jnp.float32)
@@ -178,8 +181,9 @@ def _attend_with_self_cache(layers: _Projections, inputs_q, inputs_kv, mask, cac
   values already projected (`MultiHeadAttention._decoding_qkv`), else projected here.
   """
   del implementation
-  if qkv is None:
-    qkv = layers.query(inputs_q), layers.key(inputs_kv), layers.value(inputs_kv)
+  if qkv is None:  # (steps that read transposed kernels read the one "qkv" copy instead)
+    qkv = (layers.query(inputs_q, with_copy=False), layers.key(inputs_kv, with_copy=False),
+           layers.value(inputs_kv, with_copy=False))
   q, k, v = qkv
   keys, values, index = cache["key"], cache["value"], cache["index"]
   t, s, head_dim = q.shape[1], keys.shape[2], q.shape[-1]
@@ -218,8 +222,8 @@ def _attend_to_stored_cross(layers: _Projections, inputs_q, inputs_kv, cache):
   """
   q = layers.query(inputs_q)
   stored = cache
-  if not cache:
-    k, v = layers.key(inputs_kv), layers.value(inputs_kv)
+  if not cache:  # (only this step projects the image: no transposed copies for it)
+    k, v = layers.key(inputs_kv, with_copy=False), layers.value(inputs_kv, with_copy=False)
     stored = {"key": P.constrain(jnp.transpose(k, (0, 2, 3, 1)),
                                  ("act_batch", "act_heads", "act_kv", "act_len")),
               "value": P.constrain(jnp.transpose(v, (0, 2, 1, 3)),

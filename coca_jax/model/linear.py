@@ -85,14 +85,17 @@ def product_transposed(x: jax.Array, kernel_t: jax.Array, contracting: int = 1) 
 
 
 def module_product(module: nn.Module, x: jax.Array, kernel: jax.Array, contracting: int = 1,
-                   name: str = "kernel") -> jax.Array:
+                   name: str = "kernel", with_copy: bool = True) -> jax.Array:
   """`linear(x, kernel, contracting)` for `module`'s kernel, except that with a
   TRANSPOSED_KERNELS copy of it (variable `name`, made here at decoding's first step: kernel
   (prod(in), prod(out)) transposed, in kernel's dtype) and FEW_ROWS rows of x it is
   `product_transposed` over that copy. x (*batch, *in) -> (*batch, *out), kernel's dtype
-  (the compute dtype) for both; equal to `linear` up to float32 summation order."""
+  (the compute dtype) for both; equal to `linear` up to float32 summation order.
+  `with_copy=False`: always `linear`, no copy made or read (for products that decoding's
+  later steps never run, whose copy nothing would read)."""
   n_in = math.prod(kernel.shape[:contracting])
-  kernel_t = transposed_copy(module, name, lambda: kernel.reshape(n_in, -1).T)
+  kernel_t = (transposed_copy(module, name, lambda: kernel.reshape(n_in, -1).T)
+              if with_copy else None)
   if kernel_t is None or not few_rows(row_count(x, contracting)):
     return linear(x, kernel, contracting)
   y = product_transposed(x, kernel_t, contracting)
