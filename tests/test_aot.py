@@ -1,7 +1,10 @@
 """The train step compiles ahead of time for a TPU topology on this CPU-only machine (libtpu as
 a compiler only; JAX_PLATFORMS=cpu keeps it from becoming a backend)."""
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 import types
 
 import jax
@@ -115,3 +118,27 @@ def test_aot_lowers_the_program_training_runs(tmp_path):
       assert set(frozen) >= {"logit_scale", "pooling"} and reference is not None
       assert info["params"] == sum(x.size for x in jax.tree.leaves(reference))
   assert texts["distill"] != texts["plain"]
+
+
+@needs_libtpu
+def test_topology_compiles_stay_out_of_the_persistent_cache(tmp_path):
+  """An executable compiled for compile-only TPU devices cannot be loaded from JAX's persistent
+  cache without a TPU client (the next run warned and compiled again): none is written, while
+  the process's CPU programs still are (so the cache was in use)."""
+  micro = CONFIGS.parent / "tests" / "configs" / "micro_train.py"
+  code = (
+      "import importlib.util, sys\n"
+      "from coca_jax.tools import aot\n"
+      "spec = importlib.util.spec_from_file_location('micro', sys.argv[1])\n"
+      "module = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(module)\n"
+      "assert aot.compile_for_topology(module.get_config(), 'v4:2x2x1')['fits']\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run([sys.executable, "-c", code, str(micro)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  entries = os.listdir(tmp_path)
+  assert entries, "the persistent cache was not used"
+  assert not [e for e in entries if e.startswith("jit_train_step")], entries

@@ -25,6 +25,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # compiles, so a second compile (or a test run) beside the first is safe.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -180,6 +181,23 @@ def out_of_memory(message: str, state_bytes_per_chip: int) -> Dict[str, Any]:
   return out
 
 
+@contextlib.contextmanager
+def outside_persistent_cache():
+  """Compiles run inside it write nothing to JAX's persistent compilation cache.
+
+  An executable compiled for compile-only TPU devices cannot be loaded without a TPU client: a
+  later run that finds it in the cache warns and compiles again. JAX decides once per process
+  whether the cache is used, so turning the cache off here would not stop the write; a
+  minimum compile time that no compile reaches does (it is checked at every write)."""
+  option = "jax_persistent_cache_min_compile_time_secs"
+  was = getattr(jax.config, option)
+  jax.config.update(option, float("inf"))
+  try:
+    yield
+  finally:
+    jax.config.update(option, was)
+
+
 def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
                          num_slices: int = 1) -> Dict[str, Any]:
   """Compiles the config's train step for a TPU topology; returns the JSON-able result."""
@@ -196,21 +214,16 @@ def compile_for_topology(config, topology: str, *, mesh: Optional[str] = None,
   t0 = time.perf_counter()
   lowered, info = lower_train_step(config, devices, mesh_shape)
   lower_s = time.perf_counter() - t0
-  # A persistent compilation cache cannot load an executable compiled without a TPU client:
-  # keep these out of it.
-  cache_was = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
   compiled, oom = None, None
   t0 = time.perf_counter()
   try:
-    compiled = lowered.compile()
+    with outside_persistent_cache():
+      compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     # The TPU compiler refuses a program that does not fit its chip: a result too.
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     oom = str(e)
-  finally:
-    jax.config.update("jax_enable_compilation_cache", cache_was)
   compile_s = time.perf_counter() - t0
   result = {"topology": topology, "num_slices": num_slices, "chips": len(devices),
             "device_kind": devices[0].device_kind, **info,
