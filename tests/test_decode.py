@@ -19,7 +19,6 @@ import pytest
 import coca_jax
 from coca_jax.inference import decode
 from coca_jax.model import linear
-from coca_jax.model.coca import empty_decode_cache
 from model_fixtures import BOS, EOS, MICRO, MICRO_OPEN_CLIP, PAD, config, make_images
 
 MAX_LEN, MIN_LEN = 9, 3
@@ -227,10 +226,9 @@ def test_only_the_copies_later_steps_read_are_made(paper):
   assert sum(p.endswith("['qkv']") for p in paths) == sum(layers)
   assert sum(p.endswith("['query']['kernel']") for p in paths) == layers[1]
   tokens = image_tokens(model, variables, images[:1])
-  length = MAX_LEN
   _, first = model.apply(
-      variables, jnp.full((1, length), BOS, jnp.int32), 0,
-      empty_decode_cache(model.cfg, 1, length), tokens,
+      variables, jnp.full((1, MAX_LEN), BOS, jnp.int32), 0,
+      coca_jax.model.empty_decode_cache(model.cfg, 1, MAX_LEN), tokens,
       method=model.decode_step, mutable=[linear.TRANSPOSED_KERNELS])
   assert made(first[linear.TRANSPOSED_KERNELS]) == paths
 
